@@ -1,0 +1,3 @@
+from speakertune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Trial configuration: defaults, YAML loading and dotted-path overrides.
+
+A trial config is a nested dict. Search spaces name parameters by dotted path
+(``loss.margin``, ``model.channels``) into this structure.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "data": {
+        # "synthetic" builds (and caches) the built-in corpus under `root`; otherwise `manifest`
+        # (and optionally `trials`) point at a prepared corpus, local or s3://.
+        "corpus": "synthetic",
+        "root": "data/synth",
+        "speakers": 100,
+        "utts_per_speaker": 20,
+        "manifest": None,
+        "trials": None,
+        "val_speakers": 20,
+        "val_trials": 2000,
+        "seed": 0,
+        "sample_rate": 16000,
+        "min_seconds": 1.5,
+        "max_seconds": 2.5,
+        "storage": {},  # e.g. {"endpoint_override": "http://127.0.0.1:8333", "region": "us-east-1"}
+    },
+    "preprocess": {"bandpass": None, "vad": False},
+    "augment": {
+        "noise_prob": 0.0,
+        "babble_prob": 0.0,
+        "reverb_prob": 0.0,
+        "speed_prob": 0.0,
+        "specaug_prob": 0.0,
+        "snr_db": [0.0, 15.0],
+        "noise_bank": None,
+        "rir_bank": None,
+    },
+    "features": {
+        "name": "fbank",
+        "num_mel_bins": 80,
+        "frame_length": 25.0,
+        "frame_shift": 10.0,
+        "dither": 0.0,
+    },
+    "model": {"name": "ecapa_tdnn", "channels": 512},
+    "pooling": {"name": "attentive_stats"},
+    "embed_dim": 192,
+    "loss": {"name": "aam_softmax", "margin": 0.2, "scale": 30.0},
+    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 2e-5, "momentum": 0.9},
+    "scheduler": {"name": "cosine", "warmup_epochs": 0, "margin_warmup_epochs": 0},
+    "trainer": {
+        "epochs": 10,
+        "batch_size": 64,
+        "num_workers": 1,
+        "use_gpu": False,
+        "cpus_per_worker": 1,
+        "data_cpus": 1,
+        "amp": "off",  # off | fp16 | bf16
+        "grad_clip": 5.0,
+        "seed": 0,
+        "val_backend": "best",  # best | cosine | plda
+        "e2e_speakers": 16,  # N speakers x M utterances per batch for end-to-end losses
+        "e2e_utts": 2,
+    },
+    "backend": {"cosine": {"mean_norm": True}, "plda": {"lda_dim": 128}},
+}
+
+
+class ConfigError(ValueError):
+    """A config value is missing or of the wrong type; the message names the key."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively by ``override`` (neither is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "name" not in value:
+            out[key] = deep_merge(out[key], value)
+        else:
+            # A component dict that names itself replaces the default wholesale, so that
+            # keyword arguments of the default component do not leak into another one.
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(cfg: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``cfg["a"]["b"] = value`` for ``path="a.b"``, creating dicts on the way."""
+    node = cfg
+    parts = path.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{path}: {part!r} is {type(nxt).__name__}, not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def get_dotted(cfg: dict[str, Any], path: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def resolve(overrides: dict[str, Any] | None = None, flat: dict[str, Any] | None = None) -> dict:
+    """Defaults <- nested ``overrides`` <- dotted ``flat`` values (e.g. sampled parameters)."""
+    cfg = deep_merge(DEFAULTS, overrides or {})
+    for path, value in (flat or {}).items():
+        set_dotted(cfg, path, value)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data

@@ -1,0 +1,85 @@
+"""Name -> builder registries, so a YAML search space can name any component."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+
+class UnknownComponentError(KeyError):
+    """Raised when a config names a component that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class Registry:
+    """A small registry: ``@MODELS.register("ecapa_tdnn")`` then ``MODELS.build(cfg)``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._items:
+            close = difflib.get_close_matches(str(name), self._items, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownComponentError(
+                f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
+            )
+        return self._items[name]
+
+    def build(self, cfg: dict[str, Any] | str, **extra: Any) -> Any:
+        """Build from ``{"name": ..., **kwargs}`` (or a bare name) plus ``extra`` kwargs."""
+        if isinstance(cfg, str):
+            cfg = {"name": cfg}
+        cfg = dict(cfg)
+        name = cfg.pop("name", None)
+        if name is None:
+            raise UnknownComponentError(f"{self.kind} config has no 'name' field: {cfg}")
+        return self.get(name)(**cfg, **extra)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+
+MODELS = Registry("model")
+POOLINGS = Registry("pooling")
+LOSSES = Registry("loss")
+FEATURES = Registry("feature")
+BACKENDS = Registry("backend")
+
+REGISTRIES = {
+    "models": MODELS,
+    "poolings": POOLINGS,
+    "losses": LOSSES,
+    "features": FEATURES,
+    "backends": BACKENDS,
+}
+
+
+def load_all() -> None:
+    """Import every component module so that all names are registered."""
+    import importlib
+
+    for mod in (
+        "speakertune.models",
+        "speakertune.pooling",
+        "speakertune.losses",
+        "speakertune.features",
+        "speakertune.backends",
+    ):
+        importlib.import_module(mod)
