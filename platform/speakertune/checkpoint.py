@@ -1,0 +1,188 @@
+"""Checkpoint directories: model weights, resume state, config, fitted backends, metrics.
+
+Layout (see docs/architecture.md): ``model.pt``, ``train_state.pt``, ``config.yaml``,
+``backend_<name>.npz``, ``metrics.json``. Everything loads without unpickling code objects:
+``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from speakertune.backends.base import Backend
+from speakertune.registry import BACKENDS
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing a file or holds something unreadable."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    encoder: torch.nn.Module
+    cfg: dict[str, Any]
+    loss_state: dict[str, Any] | None
+    num_classes: int
+    feat_dim: int
+    backends: dict[str, Backend] = field(default_factory=dict)
+    train_state: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def plda(self) -> Backend | None:
+        return self.backends.get("plda")
+
+    def __iter__(self) -> Iterator[Any]:
+        # Allows the older ``encoder, cfg, plda = load_checkpoint(d)`` unpacking.
+        return iter((self.encoder, self.cfg, self.plda))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same directory, so a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars -> Python scalars so YAML/JSON stay plain."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def save_backend(backend: Backend, path: str | Path) -> None:
+    state = {k: np.asarray(v) for k, v in backend.to_state().items()}
+    bad = [k for k, v in state.items() if v.dtype == object]
+    if bad:
+        raise CheckpointError(f"{path}: backend state field {bad[0]!r} is not a plain array")
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object stops np.savez from appending ".npz"
+            np.savez(fh, **state)
+
+    _atomic_write(path, write)
+
+
+def load_backend(name: str, path: str | Path) -> Backend:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read backend state ({exc})") from None
+    return BACKENDS.get(name).from_state(state)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    encoder: torch.nn.Module,
+    loss: torch.nn.Module | None,
+    cfg: dict[str, Any],
+    num_classes: int,
+    feat_dim: int,
+    backends: dict[str, Backend] | None = None,
+    train_state: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory (created if needed) and return its path."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = {
+        "encoder": encoder.state_dict(),
+        "loss": loss.state_dict() if loss is not None else {},
+        "num_classes": int(num_classes),
+        "feat_dim": int(feat_dim),
+    }
+    _atomic_write(path / "model.pt", lambda tmp: torch.save(model, tmp))
+    if train_state is not None:
+        _atomic_write(path / "train_state.pt", lambda tmp: torch.save(train_state, tmp))
+    text = yaml.safe_dump(_plain(cfg), sort_keys=False)
+    _atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    for name, backend in (backends or {}).items():
+        save_backend(backend, path / f"backend_{name}.npz")
+    if metrics is not None:
+        blob = json.dumps(_plain(metrics), indent=2, sort_keys=True)
+        _atomic_write(path / "metrics.json", lambda tmp: Path(tmp).write_text(blob))
+    return path
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot load ({reason})") from None
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> LoadedCheckpoint:
+    """Rebuild the encoder from ``config.yaml`` and load weights, backends and metrics."""
+    from speakertune.models import build_encoder
+
+    path = Path(path)
+    for required in ("model.pt", "config.yaml"):
+        if not (path / required).is_file():
+            raise CheckpointError(f"{path}: not a checkpoint (no {required})")
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{path / 'config.yaml'}: invalid YAML ({exc})") from None
+    model = _torch_load(path / "model.pt", map_location)
+    for key in ("encoder", "num_classes", "feat_dim"):
+        if key not in model:
+            raise CheckpointError(f"{path / 'model.pt'}: no field {key!r}")
+    for key in ("model", "pooling", "embed_dim"):
+        if key not in cfg:
+            raise CheckpointError(f"{path / 'config.yaml'}: no field {key!r}")
+    encoder = build_encoder(cfg["model"], cfg["pooling"], int(model["feat_dim"]), cfg["embed_dim"])
+    try:
+        encoder.load_state_dict(model["encoder"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        msg = f"{path / 'model.pt'}: weights do not fit the config ({first})"
+        raise CheckpointError(msg) from None
+    encoder.to(map_location).eval()
+    backends = {}
+    for npz in sorted(path.glob("backend_*.npz")):
+        name = npz.stem.removeprefix("backend_")
+        backends[name] = load_backend(name, npz)
+    if "plda" not in backends and (path / "plda.npz").is_file():
+        backends["plda"] = load_backend("plda", path / "plda.npz")
+    train_state = None
+    if (path / "train_state.pt").is_file():
+        train_state = _torch_load(path / "train_state.pt", map_location)
+    metrics = None
+    if (path / "metrics.json").is_file():
+        metrics = json.loads((path / "metrics.json").read_text())
+    return LoadedCheckpoint(
+        encoder=encoder,
+        cfg=cfg,
+        loss_state=model.get("loss") or None,
+        num_classes=int(model["num_classes"]),
+        feat_dim=int(model["feat_dim"]),
+        backends=backends,
+        train_state=train_state,
+        metrics=metrics,
+    )
