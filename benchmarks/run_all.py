@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["frontend", "encoder", "scoring", "sweep_overhead", "train_quality"]
+BENCHES = ["frontend", "encoder", "scoring", "diarize", "sweep_overhead", "train_quality"]
 HEADER = (
     "| benchmark | ours | baseline | ratio (ours/baseline speed) | notes |\n"
     "|---|---|---|---|---|"

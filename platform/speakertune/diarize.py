@@ -1,0 +1,242 @@
+"""Speaker diarization: VAD -> sliding-window embeddings -> affinity -> AHC -> RTTM turns.
+
+The recording's features are computed once; each window is a slice of them, re-centred so that
+it looks like the per-utterance mean-normalised input the encoder was trained on.
+Every speech frame is then given the label of the window whose centre is nearest, so no speech
+is dropped even where a speech region is shorter than a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+from speakertune.rttm import Turn
+
+
+class DiarizationError(ValueError):
+    """Bad diarization input or settings; the message names the file or field."""
+
+
+@dataclass
+class DiarizeConfig:
+    window_s: float = 1.5
+    hop_s: float = 0.75
+    min_window_s: float = 0.4  # speech regions shorter than this get no window of their own
+    # Energy VAD: a frame is speech when within `vad_db` dB of the loud (95th pct) frames.
+    vad_db: float = 30.0
+    min_speech_s: float = 0.2
+    min_gap_s: float = 0.3
+    backend: str = "cosine"  # cosine | plda (the checkpoint's fitted PLDA)
+    linkage: str = "average"
+    threshold: float | None = None  # stop merging below this affinity ...
+    num_speakers: int | None = None  # ... or cluster into exactly this many speakers
+    batch_size: int = 64
+
+    def validate(self) -> DiarizeConfig:
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise DiarizationError(f"window_s/hop_s must be > 0, got {self.window_s}/{self.hop_s}")
+        if self.hop_s > self.window_s:
+            raise DiarizationError(f"hop_s ({self.hop_s}) must not exceed window_s")
+        if (self.threshold is None) == (self.num_speakers is None):
+            raise DiarizationError("set exactly one of threshold and num_speakers")
+        if self.num_speakers is not None and self.num_speakers < 1:
+            raise DiarizationError(f"num_speakers must be >= 1, got {self.num_speakers}")
+        return self
+
+
+@dataclass
+class Diarization:
+    turns: list[Turn]
+    speech: list[tuple[float, float]]
+    windows: np.ndarray  # [n, 2] start/end seconds
+    labels: np.ndarray  # [n] cluster per window
+    embeddings: np.ndarray  # [n, D]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def energy_vad(
+    wave: np.ndarray, sample_rate: int, *, rel_db: float = 30.0, frame_s: float = 0.01,
+    min_speech_s: float = 0.2, min_gap_s: float = 0.3,
+) -> list[tuple[float, float]]:
+    """Speech regions (seconds) from frame log-energy, with short gaps/blips smoothed out."""
+    hop = max(1, int(round(frame_s * sample_rate)))
+    n = len(wave) // hop
+    if n == 0:
+        return []
+    frames = np.asarray(wave[: n * hop], dtype=np.float64).reshape(n, hop)
+    energy = 10 * np.log10((frames**2).mean(axis=1) + 1e-12)
+    speech = energy > np.percentile(energy, 95) - rel_db
+    gap, blip = int(round(min_gap_s / frame_s)), int(round(min_speech_s / frame_s))
+    if gap > 0:  # pad so that closing does not eat speech at the edges
+        padded = np.pad(speech, gap, mode="edge")
+        speech = ndimage.binary_closing(padded, np.ones(gap, dtype=bool))[gap:-gap]
+    if blip > 0:
+        speech = ndimage.binary_opening(speech, np.ones(blip, dtype=bool))
+    labelled, count = ndimage.label(speech)
+    regions = ndimage.find_objects(labelled)
+    return [(r[0].start * frame_s, r[0].stop * frame_s) for r in regions[:count]]
+
+
+def sliding_windows(
+    speech: list[tuple[float, float]], window_s: float, hop_s: float, min_window_s: float = 0.0
+) -> np.ndarray:
+    """[n, 2] windows inside each speech region; the last one is aligned to the region end."""
+    out = []
+    for start, end in speech:
+        length = end - start
+        if length < min_window_s:
+            continue
+        if length <= window_s:
+            out.append((start, end))
+            continue
+        offsets = np.arange(0.0, length - window_s + 1e-9, hop_s)
+        out.extend((start + o, start + o + window_s) for o in offsets)
+        if offsets[-1] + window_s < length - 1e-6:
+            out.append((end - window_s, end))
+    return np.asarray(out, dtype=float).reshape(-1, 2)
+
+
+def feature_fn(cfg: dict[str, Any]) -> tuple[Callable[[np.ndarray, int], torch.Tensor], float]:
+    """(wave, sr) -> [frames, dims] evaluation features, and the frame shift in seconds.
+
+    Only the feature extractor, not the whole evaluation front end: a VAD trim there would
+    shift frames against the recording's clock.
+    """
+    from speakertune.features import build_feature
+
+    fcfg = dict(cfg.get("features") or {"name": "fbank"})
+    extract = build_feature(fcfg)
+    shift = float(fcfg.get("frame_shift", 10.0)) / 1000.0
+    return (lambda w, sr: extract(torch.as_tensor(w, dtype=torch.float32), sr)), shift
+
+
+@torch.no_grad()
+def embed_windows(
+    encoder: torch.nn.Module, feats: torch.Tensor, windows: np.ndarray, frame_shift: float,
+    *, batch_size: int = 64, cmn: bool = True,
+) -> np.ndarray:
+    """Embed each [start, end) window of the recording's features; batches windows of one length."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    bounds = np.rint(np.asarray(windows) / frame_shift).astype(int)
+    starts = np.clip(bounds[:, 0], 0, len(feats) - 1)
+    idx = [(a, int(min(max(b, a + 1), len(feats)))) for a, b in zip(starts, bounds[:, 1])]
+    out: list[np.ndarray | None] = [None] * len(idx)
+    by_len: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(idx):
+        by_len.setdefault(b - a, []).append(i)
+    for members in by_len.values():
+        for k in range(0, len(members), batch_size):
+            chunk = members[k : k + batch_size]
+            x = torch.stack([feats[idx[i][0] : idx[i][1]] for i in chunk])
+            if cmn:
+                x = x - x.mean(dim=1, keepdim=True)
+            emb = encoder(x.to(device)).float().cpu().numpy()
+            for i, e in zip(chunk, emb):
+                out[i] = e
+    return np.stack(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def affinity_matrix(emb: np.ndarray, backend: Any | None = None) -> np.ndarray:
+    """Symmetric [n, n] similarity: cosine, or any backend's ``score`` (e.g. PLDA LLR)."""
+    n = len(emb)
+    if backend is None:
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        aff = unit @ unit.T
+    else:  # backends score row i against row i, so score every pair in one call
+        ii, jj = np.triu_indices(n, k=1)
+        aff = np.zeros((n, n))
+        if len(ii):
+            aff[ii, jj] = np.asarray(backend.score(emb[ii], emb[jj]), dtype=float)
+        aff = aff + aff.T
+        np.fill_diagonal(aff, aff.max() if n > 1 else 0.0)
+    return (aff + aff.T) / 2
+
+
+def cluster_ahc(
+    affinity: np.ndarray, *, threshold: float | None = None, num_speakers: int | None = None,
+    method: str = "average",
+) -> np.ndarray:
+    """Agglomerative clustering of an affinity matrix; labels 0..k-1 in order of first use."""
+    n = len(affinity)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    if n == 1:
+        return np.zeros(1, dtype=int)
+    # scipy clusters distances: flip the affinity so that the largest similarity is distance 0.
+    top = float(affinity.max())
+    dist = top - affinity
+    np.fill_diagonal(dist, 0.0)
+    z = linkage(squareform(dist, checks=False), method=method)
+    if num_speakers is not None:
+        raw = fcluster(z, t=min(num_speakers, n), criterion="maxclust")
+    else:
+        raw = fcluster(z, t=top - float(threshold), criterion="distance")
+    _, first = np.unique(raw, return_index=True)
+    order = {raw[i]: k for k, i in enumerate(sorted(first))}
+    return np.array([order[r] for r in raw], dtype=int)
+
+
+def frames_to_turns(
+    speech: list[tuple[float, float]], windows: np.ndarray, labels: np.ndarray, file_id: str,
+    step: float = 0.01,
+) -> list[Turn]:
+    """Label every speech frame by the nearest window centre, then merge runs into turns."""
+    if len(windows) == 0:
+        return []
+    centres = windows.mean(axis=1)
+    order = np.argsort(centres)
+    centres, labels = centres[order], labels[order]
+    turns: list[Turn] = []
+    for start, end in speech:
+        t = np.arange(start, end, step) + step / 2
+        if len(t) == 0:
+            continue
+        pos = np.clip(np.searchsorted(centres, t), 1, len(centres) - 1) if len(centres) > 1 else 0
+        if len(centres) > 1:
+            left_closer = (t - centres[pos - 1]) <= (centres[pos] - t)
+            pos = np.where(left_closer, pos - 1, pos)
+        lab = np.broadcast_to(labels[pos], t.shape)
+        cuts = np.flatnonzero(np.diff(lab)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(t)]):
+            s, e = start + a * step, min(start + b * step, end)
+            turns.append(Turn(file_id, round(s, 3), round(e - s, 3), f"spk{int(lab[a])}"))
+    return turns
+
+
+def diarize(
+    wave: np.ndarray, sample_rate: int, encoder: torch.nn.Module, cfg: dict[str, Any],
+    dcfg: DiarizeConfig, *, file_id: str = "rec", backend: Any | None = None,
+) -> Diarization:
+    """Diarize one recording with a trained encoder (and optionally a fitted PLDA backend)."""
+    dcfg.validate()
+    if dcfg.backend != "cosine" and backend is None:
+        raise DiarizationError(f"backend {dcfg.backend!r} needs a fitted backend object")
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1 or len(wave) == 0:
+        raise DiarizationError(f"{file_id}: expected a non-empty mono waveform, got {wave.shape}")
+    speech = energy_vad(wave, sample_rate, rel_db=dcfg.vad_db, min_speech_s=dcfg.min_speech_s,
+                        min_gap_s=dcfg.min_gap_s)
+    windows = sliding_windows(speech, dcfg.window_s, dcfg.hop_s, dcfg.min_window_s)
+    info: dict[str, Any] = {"speech_s": float(sum(e - s for s, e in speech)),
+                            "windows": len(windows)}
+    if len(windows) == 0:
+        return Diarization([], speech, windows, np.zeros(0, int), np.zeros((0, 0)), info)
+    extract, shift = feature_fn(cfg)
+    feats = extract(wave, sample_rate).float()
+    cmn = bool((cfg.get("features") or {}).get("cmn", True))
+    emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
+    aff = affinity_matrix(emb, backend if dcfg.backend != "cosine" else None)
+    labels = cluster_ahc(aff, threshold=dcfg.threshold, num_speakers=dcfg.num_speakers,
+                         method=dcfg.linkage)
+    info["clusters"] = int(labels.max()) + 1
+    turns = frames_to_turns(speech, windows, labels, file_id)
+    return Diarization(turns, speech, windows, labels, emb, info)
