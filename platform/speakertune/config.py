@@ -115,7 +115,15 @@ def get_dotted(cfg: dict[str, Any], path: str, default: Any = None) -> Any:
 def resolve(overrides: dict[str, Any] | None = None, flat: dict[str, Any] | None = None) -> dict:
     """Defaults <- nested ``overrides`` <- dotted ``flat`` values (e.g. sampled parameters)."""
     cfg = deep_merge(DEFAULTS, overrides or {})
-    for path, value in (flat or {}).items():
+    flat = dict(flat or {})
+    # A sampled component name (``loss.name``) that differs from the base replaces the whole
+    # component block, so options of the base component (a margin) never leak into another one.
+    for path in sorted(p for p in flat if p.endswith(".name")):
+        parent = path[: -len(".name")]
+        if get_dotted(cfg, path) != flat[path]:
+            set_dotted(cfg, parent, {})
+        set_dotted(cfg, path, flat.pop(path))
+    for path, value in flat.items():
         set_dotted(cfg, path, value)
     return cfg
 

@@ -1,0 +1,179 @@
+"""Encoders: every encoder x pooling runs forward/backward; parameter counts match published
+figures; FTDNN's semi-orthogonal step; config errors are one-line and name the field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from speakertune.cli import main as cli_main
+from speakertune.config import ConfigError
+from speakertune.models import apply_constraints, build_encoder, count_parameters
+from speakertune.models.ftdnn import SemiOrthogonalConv1d
+from speakertune.registry import UnknownComponentError
+
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+# Tiny configurations so that the whole grid runs in a few seconds on 2 cores.
+SMALL = {
+    "tdnn": {"channels": 16, "out_channels": 24},
+    "etdnn": {"channels": 16, "out_channels": 24},
+    "ftdnn": {"channels": 16, "bottleneck": 8, "dilations": [2, 1, 3], "out_channels": 24},
+    "dtdnn": {"channels": 16, "growth": 8, "bn_size": 2, "block_layers": [2, 2]},
+    "aret": {"channels": 16, "width": 8, "cardinality": 4, "dilations": [2, 3],
+             "out_channels": 24},
+    "ecapa_tdnn": {"channels": 16, "mfa_channels": 24, "se_channels": 8, "scale": 4},
+    "rescnn": {"channels": [4, 4, 8, 8], "blocks": 1},
+    "lstm": {"hidden": 16, "proj": 8, "layers": 2},
+    "attention_lstm": {"hidden": 16, "proj": 8, "layers": 1, "heads": 2},
+    **{f"resnet{d}": {"base_channels": 4} for d in (10, 18, 34, 50, 101)},
+}
+FEAT_DIM, EMBED_DIM = 20, 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are many small ops; on a loaded 2-core machine two intra-op threads spin
+    on each other (100x slower), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _documented(kind: str) -> set[str]:
+    """Names listed for ``kind`` ('MODELS'/'POOLINGS'/'LOSSES') in docs/architecture.md."""
+    text = ARCHITECTURE.read_text()
+    start = text.index(f"registered in `{kind}`") if kind != "LOSSES" else text.index(
+        "Registered in `LOSSES`")
+    para = text[start:text.index("\n\n", start) if "\n\n" in text[start:] else None]
+    para = para.split(". Each takes")[0].split(". Take ")[0]
+    return set(re.findall(r"`([a-z0-9_]+)`", para)) - {"MODELS", "POOLINGS", "LOSSES"}
+
+
+def test_documented_encoders_are_all_small_configured() -> None:
+    assert _documented("MODELS") == set(SMALL)
+
+
+@pytest.mark.parametrize("kind,registry", [("models", "MODELS"), ("poolings", "POOLINGS"),
+                                           ("losses", "LOSSES")])
+def test_cli_lists_every_documented_name(kind, registry, capsys) -> None:
+    assert cli_main(["list", kind]) == 0
+    printed = set(capsys.readouterr().out.split())
+    assert _documented(registry) <= printed
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_encoder_forward_backward_variable_lengths(name: str) -> None:
+    torch.manual_seed(0)
+    for pooling in ({"name": "stats"}, {"name": "attentive_stats", "attention_channels": 8}):
+        enc = build_encoder({"name": name, **SMALL[name]}, pooling, FEAT_DIM, EMBED_DIM)
+        for frames in (37, 64):  # crops of different (and odd) length
+            enc.zero_grad()
+            x = torch.randn(3, frames, FEAT_DIM)
+            frame_level = enc.frame_level(x)
+            assert frame_level.shape[:2] == (3, enc.frame_level.out_channels)
+            emb = enc(x)
+            assert emb.shape == (3, EMBED_DIM) and torch.isfinite(emb).all()
+            emb.square().sum().backward()
+            grads = [p.grad for p in enc.parameters()]
+            assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+            # the first layer is reached by the gradient, so the whole stack is connected
+            first = next(enc.frame_level.parameters())
+            assert first.grad.abs().sum() > 0
+        enc.eval()
+        with torch.no_grad():  # eval mode: each utterance independent of the batch
+            x = torch.randn(2, 50, FEAT_DIM)
+            torch.testing.assert_close(enc(x)[:1], enc(x[:1]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,frames_out", [("tdnn", 201), ("ecapa_tdnn", 201),
+                                             ("resnet34", 26), ("rescnn", 13)])
+def test_frame_level_shapes_at_full_size(name: str, frames_out: int) -> None:
+    """Full-size models on the meta device: shape arithmetic without computing anything."""
+    with torch.device("meta"):
+        enc = build_encoder(name, "stats", 80, 192)
+        out = enc.frame_level(torch.empty(2, 201, 80))
+    expected_c = {"tdnn": 1500, "ecapa_tdnn": 1536, "resnet34": 256 * 10, "rescnn": 512 * 5}
+    assert tuple(out.shape) == (2, expected_c[name], frames_out)
+
+
+# Reference parameter counts (80-dim fbank input, stated embedding size):
+#  - WeSpeaker examples/voxceleb/v2/README.md (wenet-e2e/wespeaker): ECAPA_TDNN_GLOB_c512-ASTP-
+#    emb192 6.19M, ECAPA_TDNN_GLOB_c1024-ASTP-emb192 14.65M (Desplanques et al. 2020 report
+#    14.7M for C=1024), ResNet34-TSTP-emb256 6.63M, ResNet101-TSTP-emb256 15.95M.
+#  - SpeechBrain 1.1.2 ECAPA_TDNN(80, channels=[1024]*4+[3072], lin_neurons=192): 20,767,552
+#    (also 3D-Speaker's ECAPA-TDNN: 20.8M); benchmarks/encoder.py builds SpeechBrain's model
+#    and prints both counts side by side.
+PUBLISHED = [
+    ({"name": "ecapa_tdnn", "channels": 512}, "attentive_stats", 192, 6.19e6),
+    ({"name": "ecapa_tdnn", "channels": 1024}, "attentive_stats", 192, 14.65e6),
+    ({"name": "ecapa_tdnn", "channels": 1024, "mfa_channels": 3072}, "attentive_stats", 192,
+     20_767_552),
+    ({"name": "resnet34"}, "stats", 256, 6.63e6),
+    ({"name": "resnet101"}, "stats", 256, 15.95e6),
+]
+
+
+@pytest.mark.parametrize("model,pooling,embed_dim,reference", PUBLISHED)
+def test_parameter_count_matches_published(model, pooling, embed_dim, reference) -> None:
+    with torch.device("meta"):  # no memory, no initialisation: counting only
+        n = count_parameters(build_encoder(model, pooling, 80, embed_dim))
+    assert abs(n - reference) / reference < 0.05, (model, n, reference)
+
+
+def _orthogonality(m: np.ndarray) -> float:
+    """Spread of singular values: 0 iff M M^T is a scaled identity (independent of our code)."""
+    s = scipy.linalg.svdvals(m)
+    return float((s.max() - s.min()) / s.max())
+
+
+def test_ftdnn_semi_orthogonal_step_moves_towards_scaled_identity() -> None:
+    torch.manual_seed(0)
+    conv = SemiOrthogonalConv1d(24, 8, dilation=2, pad_left=True)
+    with torch.no_grad():  # a badly conditioned start
+        conv.weight.mul_(torch.linspace(0.2, 3.0, 8)[:, None, None])
+    before = _orthogonality(conv.weight.detach().reshape(8, -1).numpy())
+    errors = [conv.orthogonality_error()]
+    for _ in range(15):
+        conv.constrain_weight()
+        errors.append(conv.orthogonality_error())
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:]))  # monotone
+    after = _orthogonality(conv.weight.detach().reshape(8, -1).numpy())
+    assert before > 0.5 and after < 1e-3
+
+
+def test_apply_constraints_reaches_every_ftdnn_layer() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder({"name": "ftdnn", **SMALL["ftdnn"]}, "stats", FEAT_DIM, EMBED_DIM)
+    factors = [layer.factor for layer in enc.frame_level.layers]
+    before = [f.orthogonality_error() for f in factors]
+    for _ in range(3):
+        apply_constraints(enc)  # what the trainer calls after optimizer.step()
+    after = [f.orthogonality_error() for f in factors]
+    assert all(a < 0.5 * b for a, b in zip(after, before))
+    enc.frame_level.constrain()  # the encoder-specific entry point also works
+    # a model without constraints is left untouched
+    tdnn = build_encoder({"name": "tdnn", **SMALL["tdnn"]}, "stats", FEAT_DIM, EMBED_DIM)
+    state = {k: v.clone() for k, v in tdnn.state_dict().items()}
+    apply_constraints(tdnn)
+    assert all(torch.equal(v, tdnn.state_dict()[k]) for k, v in state.items())
+
+
+def test_bad_configs_give_one_line_errors_naming_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^model\.chanels: unknown option .*'ecapa_tdnn'"):
+        build_encoder({"name": "ecapa_tdnn", "chanels": 8}, "stats", 80, 192)
+    with pytest.raises(ConfigError, match=r"^pooling\.heads: unknown option"):
+        build_encoder("tdnn", {"name": "stats", "heads": 2}, 80, 192)
+    with pytest.raises(UnknownComponentError, match="did you mean 'ecapa_tdnn'"):
+        build_encoder("ecapa_tdn", "stats", 80, 192)
+    with pytest.raises(ConfigError, match=r"^model \(model 'ecapa_tdnn'\): channels=30 .*scale"):
+        build_encoder({"name": "ecapa_tdnn", "channels": 30}, "stats", 80, 192)
+    enc = build_encoder({"name": "tdnn", **SMALL["tdnn"]}, "stats", FEAT_DIM, EMBED_DIM)
+    with pytest.raises(ValueError, match=r"features \[batch, frames, 20\], got \[2, 30, 40\]"):
+        enc(torch.randn(2, 30, 40))
