@@ -15,7 +15,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["frontend", "encoder", "scoring", "diarize", "sweep_overhead", "train_quality"]
+BENCHES = [
+    "synthetic_corpus",
+    "audio_io",
+    "frontend",
+    "encoder",
+    "scoring",
+    "diarize",
+    "sweep_overhead",
+    "train_quality",
+]
 HEADER = (
     "| benchmark | ours | baseline | ratio (ours/baseline speed) | notes |\n"
     "|---|---|---|---|---|"

@@ -19,3 +19,45 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 (free ports, real credentials: a wrong secret
+    is rejected). Yields a ``tests.s3server.SeaweedS3``: ``.endpoint``, ``.access_key``,
+    ``.secret_key``, ``.region``, ``.storage_options`` (for ``speakertune.data``),
+    ``.make_bucket(name)``, ``.upload_dir(local, bucket, prefix)``, ``.client()`` (boto3)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A synthetic corpus of 8 speakers x 4 utterances (plus noise and RIR banks), built once
+    per session; returns its root Path. Load it with ``load_corpus({"corpus": "synthetic",
+    "root": str(root), "speakers": 8, "utts_per_speaker": 4, "val_speakers": 2})``."""
+    from speakertune.data.synthetic import ensure_synthetic_corpus
+
+    return ensure_synthetic_corpus(
+        tmp_path_factory.mktemp("corpus") / "tiny", speakers=8, utts=4, seed=0, progress=None
+    )
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Two intra-op threads spin against each other on the 2-core CI box; one is faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,6 +22,8 @@ DEFAULTS: dict[str, Any] = {
         "utts_per_speaker": 20,
         "manifest": None,
         "trials": None,
+        "noise_manifest": None,
+        "rir_manifest": None,
         "val_speakers": 20,
         "val_trials": 2000,
         "seed": 0,

@@ -1,0 +1,287 @@
+"""Corpus readers: Kaldi data dirs, the VoxCeleb layout, plain CSV -> manifest (+ trials).
+
+Each returns ``(manifest DataFrame, trials DataFrame or None)`` with absolute URIs.
+Durations come from a CSV ``duration_s`` column when given, otherwise from the
+audio headers (which also catches missing, corrupt and empty files up front).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from speakertune.data.audio import audio_info, load_audio
+from speakertune.data.errors import AudioError, ManifestError
+from speakertune.data.manifest import validate_manifest, write_manifest
+from speakertune.data.storage import has_scheme, resolve_uri
+from speakertune.data.summary import write_summary
+from speakertune.data.trials import check_trials, read_trials, write_trials
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[list[str]]:
+    """Whitespace-separated Kaldi-style table; each row is returned with its line number
+    appended. Errors name file and line."""
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read ({exc})") from None
+    for n, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < min_fields or (max_fields and len(parts) > max_fields):
+            want = f"{min_fields}" if max_fields == min_fields else f">= {min_fields}"
+            raise ManifestError(f"{path}:{n}: expected {want} fields, got {len(parts)}: {line!r}")
+        rows.append([*parts, str(n)])
+    return rows
+
+
+def _unique_map(rows: list[list[str]], path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        key, line = row[0], row[-1]
+        if key in out:
+            raise ManifestError(
+                f"{path}:{line}: duplicate id {key!r} (first at line {out[key][-1]})"
+            )
+        out[key] = row[1:]
+    return out
+
+
+def probe_durations(
+    df: pd.DataFrame, where: list[str], storage_options: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Fill ``duration_s``/``sample_rate`` from audio headers; errors add ``where[i]``
+    (the file:line the row came from) to the audio error."""
+
+    def one(i: int) -> tuple[float, int]:
+        uri = df["uri"].iat[i]
+        try:
+            if has_scheme(uri):
+                return audio_info(uri, storage_options)
+            info = sf.info(uri)
+            if info.frames <= 0:
+                raise AudioError(f"{uri}: zero-length audio (no samples)")
+            return info.frames / info.samplerate, int(info.samplerate)
+        except AudioError as exc:
+            raise AudioError(f"{where[i]}: {exc}") from None
+        except FileNotFoundError:
+            raise AudioError(f"{where[i]}: {uri}: file not found") from None
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            if not os.path.exists(uri):
+                raise AudioError(f"{where[i]}: {uri}: file not found") from None
+            raise AudioError(f"{where[i]}: {uri}: corrupt or unsupported audio ({exc})") from None
+
+    info = []
+    with ThreadPoolExecutor(8) as pool:  # header reads are I/O bound (object stores!)
+        for i, item in enumerate(pool.map(one, range(len(df))), start=1):
+            info.append(item)
+            if len(df) >= 5000 and (i % (len(df) // 10) == 0):  # big corpora: show progress
+                print(f"[prepare] read {i}/{len(df)} audio headers", file=sys.stderr, flush=True)
+    df = df.copy()
+    df["duration_s"] = [d for d, _ in info]
+    df["sample_rate"] = [r for _, r in info]
+    return df
+
+
+def read_kaldi(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A Kaldi data dir: ``wav.scp`` + ``utt2spk`` (or ``spk2utt``), optional ``segments``
+    and ``trials``. Durations always come from the audio headers (this validates the audio).
+    With ``segments`` rows carry ``offset_s`` (see ``materialize_segments``). Piped
+    ``wav.scp`` commands are not supported."""
+    d = Path(data_dir)
+    scp_path = d / "wav.scp"
+    wav = _unique_map(read_table(scp_path, 2), scp_path)
+    for rec, fields in wav.items():
+        if len(fields) != 2 or fields[0].endswith("|") or fields[-2].endswith("|"):
+            raise ManifestError(
+                f"{scp_path}:{fields[-1]}: {rec!r}: only plain paths are supported, not "
+                "piped commands (convert the audio to wav/flac first)"
+            )
+    if (d / "utt2spk").exists():
+        utt2spk = {
+            u: f[0] for u, f in _unique_map(read_table(d / "utt2spk", 2, 2), d / "utt2spk").items()
+        }
+    elif (d / "spk2utt").exists():
+        utt2spk = {}
+        for row in read_table(d / "spk2utt", 2):
+            for u in row[1:-1]:
+                if u in utt2spk:
+                    raise ManifestError(f"{d / 'spk2utt'}:{row[-1]}: utterance {u!r} listed twice")
+                utt2spk[u] = row[0]
+    else:
+        raise ManifestError(f"{d}: neither utt2spk nor spk2utt found")
+
+    records, where = [], []
+    if (d / "segments").exists():
+        seg_path = d / "segments"
+        for seg, (rec, start, end, line) in _unique_map(
+            read_table(seg_path, 4, 4), seg_path
+        ).items():
+            if rec not in wav:
+                raise ManifestError(f"{seg_path}:{line}: recording {rec!r} not in wav.scp")
+            try:
+                t0, t1 = float(start), float(end)
+            except ValueError:
+                raise ManifestError(f"{seg_path}:{line}: start/end must be numbers") from None
+            if not 0 <= t0 < t1:
+                raise ManifestError(f"{seg_path}:{line}: need 0 <= start < end, got {t0} {t1}")
+            records.append({"utt": seg, "uri": _abs(wav[rec][0], d), "offset_s": t0,
+                            "duration_s": t1 - t0, "line": f"{seg_path}:{line}"})  # fmt: skip
+    else:
+        for utt, (path, line) in wav.items():
+            records.append({"utt": utt, "uri": _abs(path, d), "line": f"{scp_path}:{line}"})
+    for r in records:
+        if r["utt"] not in utt2spk:
+            raise ManifestError(f"{r['line']}: utterance {r['utt']!r} has no speaker in utt2spk")
+        r["spk"] = utt2spk[r["utt"]]
+    df = pd.DataFrame(records)
+    where = df.pop("line").tolist()
+    seg_dur = df["duration_s"].copy() if "duration_s" in df else None
+    df = probe_durations(df, where)
+    if seg_dur is not None:
+        too_long = (
+            seg_dur.to_numpy() + df["offset_s"].to_numpy() > df["duration_s"].to_numpy() + 0.01
+        )
+        if too_long.any():
+            i = int(np.flatnonzero(too_long)[0])
+            raise ManifestError(
+                f"{where[i]}: segment ends after its recording ({df['uri'].iat[i]})"
+            )
+        df["duration_s"] = seg_dur
+    cols = ["utt", "spk", "uri", "duration_s", "sample_rate"]
+    df = validate_manifest(df[cols + (["offset_s"] if "offset_s" in df else [])], str(scp_path))
+    trials = read_trials(d / "trials", known_utts=df["utt"]) if (d / "trials").exists() else None
+    return df, trials
+
+
+def read_voxceleb(
+    root: str | Path, trials_path: str | Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """VoxCeleb layout ``root/<spk>/<video>/<nnnnn>.wav`` (or .flac). Utterance ids are the
+    paths relative to ``root`` (``id10270/x6uYqmx31kE/00001.wav``), which is what the
+    official trial lists (``1 enroll test``) name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"{root}: VoxCeleb root directory not found")
+    files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ManifestError(f"{root}: no <speaker>/<video>/<utt>.wav|.flac files found")
+    rel = [p.relative_to(root).as_posix() for p in files]
+    parts = [r.split("/") for r in rel]
+    df = pd.DataFrame(
+        {"utt": rel, "spk": [p[0] for p in parts], "video": [p[1] for p in parts],
+         "uri": [str(p) for p in files]}
+    )  # fmt: skip
+    df = validate_manifest(probe_durations(df, [str(p) for p in files]), str(root))
+    trials = read_trials(trials_path, known_utts=df["utt"]) if trials_path else None
+    return df, trials
+
+
+def read_csv(
+    path: str | Path, trials_path: str | Path | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A CSV with header ``utt,spk,uri[,duration_s,sample_rate,...]``; relative URIs are
+    relative to the CSV's directory. Missing durations are read from the audio headers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read ({exc})") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise ManifestError(f"{path}: empty CSV (no header)")
+    header = [h.strip() for h in rows[0]]
+    for col in ("utt", "spk", "uri"):
+        if col not in header:
+            raise ManifestError(f"{path}:1: header lacks column {col!r}: {','.join(header)}")
+    records, where = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise ManifestError(f"{path}:{n}: expected {len(header)} fields, got {len(row)}")
+        rec = dict(zip(header, (c.strip() for c in row)))
+        for col in ("utt", "spk", "uri"):
+            if not rec[col]:
+                raise ManifestError(f"{path}:{n}: empty {col!r}")
+        rec["uri"] = _abs(rec["uri"], path.parent)
+        records.append(rec)
+        where.append(f"{path}:{n}")
+    if not records:
+        raise ManifestError(f"{path}: no rows after the header")
+    df = pd.DataFrame(records)
+    seen: dict[str, str] = {}
+    for utt, w in zip(df["utt"], where):
+        if utt in seen:
+            raise ManifestError(f"{w}: duplicate utt {utt!r} (first at {seen[utt]})")
+        seen[utt] = w
+    if "duration_s" in df and "sample_rate" in df:
+        for col in ("duration_s", "sample_rate"):
+            bad = pd.to_numeric(df[col], errors="coerce").isna()
+            if bad.any():
+                i = int(bad.to_numpy().argmax())
+                raise ManifestError(f"{where[i]}: {col} is not a number: {df[col].iat[i]!r}")
+    else:
+        df = probe_durations(df, where)
+    df = validate_manifest(df, str(path))
+    trials = read_trials(trials_path, known_utts=df["utt"]) if trials_path else None
+    return df, trials
+
+
+def materialize_segments(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
+    """Cut rows with ``offset_s`` (Kaldi ``segments``) into their own FLAC files under
+    ``out_dir`` so every manifest row is a whole file."""
+    if "offset_s" not in df:
+        return df
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = df.copy()
+    for i, row in enumerate(df.itertuples()):
+        sr = int(row.sample_rate)
+        wave = load_audio(row.uri, sr)
+        start = int(round(row.offset_s * sr))
+        piece = wave[start : start + int(round(row.duration_s * sr))]
+        target = out_dir / f"{row.utt.replace('/', '_')}.flac"
+        sf.write(target, piece, sr, format="FLAC", subtype="PCM_16")
+        df.at[df.index[i], "uri"] = str(target)
+        df.at[df.index[i], "duration_s"] = len(piece) / sr
+    return df.drop(columns=["offset_s"])
+
+
+def write_corpus(
+    df: pd.DataFrame, trials: pd.DataFrame | None, out_dir: str | Path
+) -> tuple[Path, Path | None]:
+    """Write ``out_dir/manifest.parquet`` (+ ``out_dir/trials.txt``) and a summary table and
+    plot (``summary.md``, ``durations.png``); returns the manifest and trials paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.parquet"
+    write_manifest(df, manifest)
+    trials_out = None
+    if trials is not None:
+        check_trials(trials, df["utt"])
+        trials_out = out_dir / "trials.txt"
+        write_trials(trials, trials_out)
+    write_summary(df, trials, out_dir, title=out_dir.name)
+    return manifest, trials_out
+
+
+def _abs(uri: str, base: Path) -> str:
+    return resolve_uri(uri, str(base.absolute()))
