@@ -3,10 +3,16 @@
 Layout (see docs/architecture.md): ``model.pt``, ``train_state.pt``, ``config.yaml``,
 ``backend_<name>.npz``, ``metrics.json``. Everything loads without unpickling code objects:
 ``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
+
+Writes are atomic (temporary file + rename) and an OS failure (disk full, permission denied,
+read-only file system) is one ``CheckpointError`` line naming the file; the config written to
+``config.yaml`` is passed through ``speakertune.redact`` so no credential lands on disk.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import tempfile
@@ -20,6 +26,7 @@ import torch
 import yaml
 
 from speakertune.backends.base import Backend
+from speakertune.redact import redact_config
 from speakertune.registry import BACKENDS
 
 
@@ -47,16 +54,35 @@ class LoadedCheckpoint:
         return iter((self.encoder, self.cfg, self.plda))
 
 
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    """Write via a temporary file in the same directory, so a crash never leaves half a file;
+    an OS error (disk full, permission denied) becomes a one-line ``CheckpointError``."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({_os_reason(exc)})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _torch_save(obj: Any, tmp: str) -> None:
+    # torch's own file writer reports ENOSPC as an opaque RuntimeError; serialising to memory
+    # and writing with Python keeps the errno, so the message can say "no space left".
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getbuffer())
 
 
 def _plain(x: Any) -> Any:
@@ -107,17 +133,20 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory (created if needed) and return its path."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot create checkpoint ({_os_reason(exc)})") from None
     model = {
         "encoder": encoder.state_dict(),
         "loss": loss.state_dict() if loss is not None else {},
         "num_classes": int(num_classes),
         "feat_dim": int(feat_dim),
     }
-    _atomic_write(path / "model.pt", lambda tmp: torch.save(model, tmp))
+    _atomic_write(path / "model.pt", lambda tmp: _torch_save(model, tmp))
     if train_state is not None:
-        _atomic_write(path / "train_state.pt", lambda tmp: torch.save(train_state, tmp))
-    text = yaml.safe_dump(_plain(cfg), sort_keys=False)
+        _atomic_write(path / "train_state.pt", lambda tmp: _torch_save(train_state, tmp))
+    text = yaml.safe_dump(_plain(redact_config(cfg)), sort_keys=False)
     _atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(text))
     for name, backend in (backends or {}).items():
         save_backend(backend, path / f"backend_{name}.npz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from math import gcd
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,24 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(x, int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
 
 
+# libsndfile notes a WAV whose data chunk is shorter than its header declares in extra_info.
+_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_STREAMED = (0, 0xFFFFFFFF)  # a streamed WAV leaves the size unknown: not a truncation
+
+
 def decode_audio(data: bytes, sample_rate: int, name: str) -> np.ndarray:
     """Decode ``data`` to float32 mono resampled to ``sample_rate``; ``name`` is for errors."""
     if not data:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            short = _SHORT_DATA.search(f.extra_info)
+            if short and int(short[1]) not in _STREAMED:
+                raise AudioError(
+                    f"{name}: truncated (header declares {short[1]} bytes of samples, "
+                    f"file holds {short[2]})"
+                )
+            wave, sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except sf.LibsndfileError as exc:
         raise AudioError(f"{name}: corrupt or unsupported audio ({exc.error_string})") from None
     except (RuntimeError, ValueError, TypeError) as exc:

@@ -22,7 +22,8 @@ class Corpus:
     num_classes: int
     noise: pd.DataFrame | None = None
     rir: pd.DataFrame | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    # Out of repr: it may hold S3 credentials, and a printed Corpus would show them.
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def load_corpus(data_cfg: dict[str, Any]) -> Corpus:

@@ -3,22 +3,112 @@
 URIs are local paths (absolute or relative to the cwd) or anything pyarrow understands
 (``s3://bucket/key``, ``gs://``, ``hdfs://``). S3 settings come from the standard AWS
 environment variables, overridden by an explicit ``storage_options`` dict.
+
+Remote reads, writes and stats retry transient failures (connection refused/reset, timeouts,
+HTTP 5xx/throttling) with capped exponential backoff, so that an object store restarting
+mid-epoch costs a pause, not a failed trial; ``RETRY`` bounds how long. URIs that carry
+credentials (``s3://KEY:SECRET@bucket/...``) are refused, and error text goes through
+``speakertune.redact``, so a secret never reaches a log line.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import posixpath
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
 from speakertune.data.errors import StorageError
+from speakertune.redact import MASK, redact_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # storage_options keys that are passed to pyarrow.fs.S3FileSystem unchanged.
 _S3_KEYS = ("endpoint_override", "access_key", "secret_key", "region", "scheme", "session_token")
+
+# Substrings of pyarrow/AWS SDK error messages that mean "try again": the server is away or
+# overloaded. Anything else (access denied, no such key, bad request) fails at once.
+_TRANSIENT = re.compile(
+    r"NETWORK_CONNECTION|curlCode|Couldn't connect|Connection refused|Connection reset|"
+    r"Broken pipe|timed out|Timeout|TIMEOUT|SERVICE_UNAVAILABLE|SLOW_DOWN|THROTTLING|"
+    r"INTERNAL_FAILURE|REQUEST_TIME|(?:HTTP status|response code):? 5\d\d",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class RetryPolicy:
+    """``attempts`` tries in all, sleeping ``base_delay * 2**i`` (capped at ``max_delay``)
+    between them: the defaults wait up to ~40 s, longer than an S3 gateway restart."""
+
+    attempts: int = 10
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        env = os.environ
+        return cls(int(env.get("SPEAKERTUNE_IO_ATTEMPTS", cls.attempts)),
+                   float(env.get("SPEAKERTUNE_IO_BASE_DELAY", cls.base_delay)),
+                   float(env.get("SPEAKERTUNE_IO_MAX_DELAY", cls.max_delay)))  # fmt: skip
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * 2**attempt)
+
+
+RETRY = RetryPolicy.from_env()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: network trouble and server-side (5xx) failures."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, OSError) and _TRANSIENT.search(text) is not None
+
+
+def with_retries(fs: pafs.FileSystem, uri: str, what: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` (one whole remote operation), retrying transient errors per ``RETRY``.
+
+    Local filesystems are not retried. After the last attempt the error is a one-line
+    ``StorageError`` naming the URI, the attempts and the last reason.
+    """
+    if isinstance(fs, pafs.LocalFileSystem):
+        return fn()
+    policy, start = RETRY, time.monotonic()
+    for attempt in range(max(1, policy.attempts)):
+        try:
+            return fn()
+        except OSError as exc:
+            if not is_transient(exc):
+                raise
+            if attempt + 1 >= policy.attempts:
+                took = time.monotonic() - start
+                raise StorageError(
+                    f"{safe_uri(uri)}: cannot {what} after {attempt + 1} attempts over "
+                    f"{took:.1f}s ({_one_line(exc)})"
+                ) from None
+            pause = policy.delay(attempt)
+            log.warning("%s: %s failed (%s); retry %d/%d in %.2fs", safe_uri(uri), what,
+                        _one_line(exc)[:200], attempt + 1, policy.attempts - 1, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def safe_uri(uri: str | Path) -> str:
+    """``uri`` with any credentials in it masked, for messages."""
+    return redact_text(str(uri))
 
 
 def has_scheme(uri: str) -> bool:
@@ -43,7 +133,9 @@ def s3_options(storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     for key, value in (storage_options or {}).items():
         if key not in _S3_KEYS:
             raise StorageError(f"storage option {key!r} is not supported; known: {_S3_KEYS}")
-        if value is not None:
+        # A masked value comes from a config read back from a checkpoint: the real one is
+        # not there, so the environment's credentials are used instead of sending "***".
+        if value is not None and value != MASK:
             opts[key] = value
     # pyarrow wants host:port plus a separate scheme; accept a full URL as users write it.
     ep = opts.get("endpoint_override")
@@ -62,15 +154,20 @@ def get_filesystem(
     if not has_scheme(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     scheme, _, rest = uri.partition("://")
+    # A URI that redaction would alter (user[:secret]@..., token=...) carries credentials
+    # into every message and log line that names the file: refuse it up front.
+    if safe_uri(uri) != uri:
+        raise StorageError(f"{safe_uri(uri)}: credentials inside a URI are not accepted; "
+                           "use storage options or the AWS_* environment variables")
     if scheme == "s3":
         try:
             return _s3_filesystem(tuple(sorted(s3_options(storage_options).items()))), rest
         except (TypeError, ValueError, OSError) as exc:
-            raise StorageError(f"{uri}: cannot set up S3 access ({exc})") from None
+            raise StorageError(f"{safe_uri(uri)}: cannot set up S3 access ({exc})") from None
     try:
         return pafs.FileSystem.from_uri(uri)
     except (TypeError, ValueError, OSError) as exc:
-        raise StorageError(f"{uri}: unsupported or invalid URI ({exc})") from None
+        raise StorageError(f"{safe_uri(uri)}: unsupported or invalid URI ({exc})") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -83,15 +180,21 @@ def _s3_filesystem(options: tuple[tuple[str, Any], ...]) -> pafs.S3FileSystem:
 def read_bytes(uri: str | Path, storage_options: dict[str, Any] | None = None) -> bytes:
     """Read a whole file or object; errors name the URI and the reason."""
     fs, path = get_filesystem(uri, storage_options)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
+
+    try:
+        return with_retries(fs, str(uri), "read", read)
     except FileNotFoundError:
-        raise StorageError(f"{uri}: file not found") from None
+        raise StorageError(f"{safe_uri(uri)}: file not found") from None
     except IsADirectoryError:
-        raise StorageError(f"{uri}: is a directory, not a file") from None
-    except OSError as exc:
-        raise StorageError(f"{uri}: cannot read ({_one_line(exc)})") from None
+        raise StorageError(f"{safe_uri(uri)}: is a directory, not a file") from None
+    except StorageError:  # already one line naming the uri (retries exhausted)
+        raise
+    except (OSError, ValueError) as exc:  # pyarrow reports a malformed path as ArrowInvalid
+        raise StorageError(f"{safe_uri(uri)}: cannot read ({_one_line(exc)})") from None
 
 
 def write_bytes(
@@ -99,21 +202,30 @@ def write_bytes(
 ) -> None:
     """Write a whole file or object (parent directories are created for local paths)."""
     fs, path = get_filesystem(uri, storage_options)
+
+    def write() -> None:  # a whole-object PUT: safe to repeat
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
     try:
         if isinstance(fs, pafs.LocalFileSystem):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-    except OSError as exc:
-        raise StorageError(f"{uri}: cannot write ({_one_line(exc)})") from None
+        with_retries(fs, str(uri), "write", write)
+    except StorageError:  # already one line naming the uri (retries exhausted)
+        raise
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"{safe_uri(uri)}: cannot write ({_one_line(exc)})") from None
 
 
 def exists(uri: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = get_filesystem(uri, storage_options)
     try:
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
-    except OSError as exc:
-        raise StorageError(f"{uri}: cannot stat ({_one_line(exc)})") from None
+        info = with_retries(fs, str(uri), "stat", lambda: fs.get_file_info(path))
+    except StorageError:  # already one line naming the uri (retries exhausted)
+        raise
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"{safe_uri(uri)}: cannot stat ({_one_line(exc)})") from None
+    return info.type != pafs.FileType.NotFound
 
 
 def dirname(uri: str | Path) -> str:
@@ -137,4 +249,4 @@ def resolve_uri(uri: str, base: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    return redact_text(" ".join(str(exc).split()))
