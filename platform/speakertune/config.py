@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
         "speed_prob": 0.0,
         "specaug_prob": 0.0,
         "snr_db": [0.0, 15.0],
+        "speeds": [0.9, 1.0, 1.1],
+        "speed_as_new_speaker": False,  # Kaldi/WeSpeaker style: each speed is a new class
+        "babble_speakers": [3, 7],
+        "specaug": {"freq_masks": 1, "freq_width": 8, "time_masks": 1, "time_width": 10},
         "noise_bank": None,
         "rir_bank": None,
     },
@@ -49,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "frame_length": 25.0,
         "frame_shift": 10.0,
         "dither": 0.0,
+        "cmn": True,
     },
     "model": {"name": "ecapa_tdnn", "channels": 512},
     "pooling": {"name": "attentive_stats"},
