@@ -11,6 +11,8 @@ import logging
 import sys
 
 from speakertune.evaluate import evaluate, results_table
+from speakertune.redact import install as install_redaction
+from speakertune.redact import redact_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tsne", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_redaction()
     backends = ["cosine", "plda"] if args.backend == "both" else [args.backend]
     try:
         result = evaluate(
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             max_seconds=args.max_seconds, progress=True, tsne=not args.no_tsne,
         )
     except ValueError as exc:  # project errors are ValueErrors carrying a one-line message
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     print(results_table(result.metrics))
     for k, v in result.identification.items():

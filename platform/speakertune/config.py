@@ -59,14 +59,29 @@ DEFAULTS: dict[str, Any] = {
     "pooling": {"name": "attentive_stats"},
     "embed_dim": 192,
     "loss": {"name": "aam_softmax", "margin": 0.2, "scale": 30.0},
-    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 2e-5, "momentum": 0.9},
-    "scheduler": {"name": "cosine", "warmup_epochs": 0, "margin_warmup_epochs": 0},
+    "optimizer": {
+        "name": "adam",
+        "lr": 1e-3,
+        "weight_decay": 2e-5,
+        "momentum": 0.9,
+        "nesterov": False,
+    },
+    "scheduler": {
+        "name": "cosine",  # cosine | step | onecycle, stepped per batch
+        "warmup_epochs": 0,
+        "warmup_start": 0.01,
+        "min_lr_ratio": 0.01,
+        "step_epochs": 1,
+        "gamma": 0.5,
+        "margin_warmup_epochs": 0,
+    },
     "trainer": {
         "epochs": 10,
         "batch_size": 64,
         "num_workers": 1,
         "use_gpu": False,
         "cpus_per_worker": 1,
+        "gpus_per_worker": 1,  # used only when use_gpu is true
         "data_cpus": 1,
         "amp": "off",  # off | fp16 | bf16
         "grad_clip": 5.0,
@@ -74,6 +89,11 @@ DEFAULTS: dict[str, Any] = {
         "val_backend": "best",  # best | cosine | plda
         "e2e_speakers": 16,  # N speakers x M utterances per batch for end-to-end losses
         "e2e_utts": 2,
+        "plda_utts": 1000,  # training utterances embedded each epoch to fit the PLDA backend
+        "val_max_seconds": 6.0,
+        "checkpoints_to_keep": 2,
+        "fail_at_epoch": None,  # tests only: one worker exits in this epoch once
+        "fail_marker": None,
     },
     "backend": {"cosine": {"mean_norm": True}, "plda": {"lda_dim": 128}},
 }

@@ -1,0 +1,70 @@
+"""TensorBoard logging of one trial (tensorboardX), written by the rank-0 worker only."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# metric key -> TensorBoard tag; grouped so the TensorBoard UI shows one panel per family.
+SCALARS = {
+    "train_loss": "train/loss",
+    "train_acc": "train/accuracy",
+    "lr": "train/lr",
+    "margin_factor": "train/margin_factor",
+    "val_eer": "val/eer",
+    "val_eer_cosine": "val/eer_cosine",
+    "val_eer_plda": "val/eer_plda",
+    "val_min_dcf_cosine": "val/min_dcf_cosine",
+    "val_min_dcf_plda": "val/min_dcf_plda",
+    "epoch_time_s": "time/epoch_s",
+    "skipped_utterances": "data/skipped_utterances",
+}
+
+
+class TrialLog:
+    """Scalars per epoch plus a DET-curve image at the end, under ``logdir``.
+
+    Each epoch gets its own short-lived writer (one event file per epoch): tensorboardX queues
+    events for a background thread and only ``close()`` drains that queue, so a worker killed
+    mid-run would otherwise lose its last epochs. TensorBoard merges the files of a directory.
+    """
+
+    def __init__(self, logdir: str | Path) -> None:
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _writer(self, suffix: str):
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(logdir=str(self.logdir), filename_suffix=suffix)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+    def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
+        with self._writer(f".epoch{epoch:04d}") as writer:
+            for key, tag in SCALARS.items():
+                value = metrics.get(key)
+                if value is not None and np.isfinite(value):
+                    writer.add_scalar(tag, float(value), epoch)
+
+    def log_det(
+        self, systems: dict[str, tuple[np.ndarray, np.ndarray]], png: str | Path, epoch: int
+    ) -> Path:
+        """Draw the DET curves of ``systems`` (name -> (scores, labels)) to ``png`` and add the
+        image to TensorBoard."""
+        import matplotlib.image as mpimg
+
+        from speakertune.plots import plot_det
+
+        png = Path(png)
+        plot_det(systems, png)
+        image = mpimg.imread(str(png))[..., :3]  # RGBA float in [0, 1] -> RGB
+        with self._writer(f".det{epoch:04d}") as writer:
+            writer.add_image("val/det", image, epoch, dataformats="HWC")
+        return png

@@ -1,0 +1,110 @@
+"""Validation helpers (no Ray): sampling, cropping, embedding batches, backend scoring, and the
+N x M regrouping of streamed rows for end-to-end losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_curve
+from speakertune.trainer import SpeakerBatcher
+from speakertune.validation import crop_frames, embed_features, plda_sample, score_backends
+
+
+def test_plda_sample_spreads_over_speakers():
+    df = pd.DataFrame({"utt": [f"s{s}_u{u}" for s in range(5) for u in range(s + 1)],
+                       "spk": [f"s{s}" for s in range(5) for u in range(s + 1)]})
+    picked = plda_sample(df, 7, seed=3)
+    counts = picked["spk"].value_counts()
+    assert len(picked) == 7 and picked["utt"].is_unique
+    assert set(counts.index) == {f"s{s}" for s in range(5)}  # every speaker before any twice
+    assert counts.max() - counts.min() <= 1
+    assert picked.equals(plda_sample(df, 7, seed=3))  # reproducible
+
+
+def test_crop_frames_whole_buckets():
+    assert crop_frames(237, 50, None) == 200
+    assert crop_frames(237, 50, 120) == 100
+    assert crop_frames(30, 50, None) == 30  # shorter than a bucket: kept whole
+
+
+def test_embeddings_do_not_depend_on_batching():
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3), torch.nn.ReLU())
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):  # [B, T, F] -> [B, 8]
+            return enc(x.transpose(1, 2)).mean(dim=2)
+
+    model = Pool()
+    feats = {f"u{i}": torch.randn(50 * (1 + i % 3), 4) for i in range(7)}
+    together = embed_features(model, feats, batch_size=32)
+    alone = {u: embed_features(model, {u: f}, batch_size=1)[u] for u, f in feats.items()}
+    assert together.keys() == feats.keys()
+    for u in feats:
+        np.testing.assert_allclose(together[u], alone[u], rtol=1e-5, atol=1e-6)
+
+
+def _sklearn_eer(scores, labels):
+    fpr, tpr, _ = roc_curve(labels, scores)
+    i = int(np.argmin(np.abs((1 - tpr) - fpr)))
+    return (fpr[i] + 1 - tpr[i]) / 2
+
+
+def test_score_backends_against_independent_cosine():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 10)) * 2
+    train = {f"t{s}_{k}": centres[s] + rng.normal(size=10) for s in range(8) for k in range(6)}
+    spk = {u: u.split("_")[0] for u in train}
+    val = {f"v{s}_{k}": centres[8 + s] + rng.normal(size=10) for s in range(4) for k in range(5)}
+    utts = sorted(val)
+    pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1 :]]
+    trials = pd.DataFrame({"enroll": [a for a, _ in pairs], "test": [b for _, b in pairs],
+                           "label": [int(a.split("_")[0] == b.split("_")[0]) for a, b in pairs]})
+    res = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 6}}, "best")
+    mean = np.mean(list(train.values()), axis=0)
+
+    def cos(a, b):
+        a, b = val[a] - mean, val[b] - mean
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    ref = np.array([cos(a, b) for a, b in pairs])
+    np.testing.assert_allclose(res.scores["cosine"], ref, rtol=1e-9)
+    for name in ("cosine", "plda"):
+        eer = res.metrics[f"val_eer_{name}"]
+        assert abs(eer - _sklearn_eer(res.scores[name], trials["label"])) <= 1 / 40
+        assert 0 <= res.metrics[f"val_min_dcf_{name}"] <= 1
+    assert res.metrics["val_eer"] == min(res.metrics["val_eer_cosine"], res.metrics["val_eer_plda"])
+    assert res.metrics["val_eer"] < 0.2  # well-separated synthetic speakers
+
+
+def test_score_backends_drops_trials_of_missing_utterances():
+    rng = np.random.default_rng(1)
+    train = {f"t{s}_{k}": rng.normal(size=4) + s for s in range(4) for k in range(3)}
+    spk = {u: u.split("_")[0] for u in train}
+    val = {u: rng.normal(size=4) for u in ("a1", "a2", "b1")}
+    trials = pd.DataFrame({"enroll": ["a1", "a1", "a2", "zz"], "test": ["a2", "b1", "b1", "a1"],
+                           "label": [1, 0, 0, 1]})
+    res = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, "cosine")
+    assert res.dropped_trials == 1 and len(res.labels) == 3
+    assert res.metrics["val_eer"] == res.metrics["val_eer_cosine"]
+
+
+def test_speaker_batcher_makes_speaker_major_batches_and_loses_nothing():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 5)  # 6 speakers x 5 rows
+    rng.shuffle(labels)
+    feats = np.arange(labels.size, dtype=np.float32)[:, None, None] * np.ones((1, 3, 2))
+    batcher = SpeakerBatcher(n_speakers=3, m_utts=2, rng=rng)
+    out = []
+    for i in range(0, labels.size, 7):  # streamed in uneven chunks
+        out += batcher.add(feats[i : i + 7], labels[i : i + 7])
+    seen = []
+    for x, y in out:
+        assert x.shape == (6, 3, 2)
+        assert len(set(y.tolist())) == 3 and (y[0::2] == y[1::2]).all()  # speaker-major pairs
+        ids = x[:, 0, 0].astype(int)
+        assert (labels[ids] == y).all()  # every row keeps its own label
+        seen += ids.tolist()
+    assert len(seen) == len(set(seen))  # no row used twice
+    assert len(seen) + batcher.leftover() == labels.size
