@@ -1,0 +1,299 @@
+"""The end-of-sweep report: ranked trials (Markdown + CSV), parameter importances, DET of the
+top trials and the exported best checkpoint.
+
+Input is plain data (``TrialRecord``: sampled params, per-epoch reports, resources), so the
+report can be rebuilt from any finished or restored experiment without Ray running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+METRIC_COLUMNS = (
+    "val_eer",
+    "val_eer_cosine",
+    "val_eer_plda",
+    "val_min_dcf_cosine",
+    "val_min_dcf_plda",
+)
+COLUMNS = (
+    "rank", "trial", "params", *METRIC_COLUMNS, "num_params", "epochs", "best_epoch",
+    "stopped_early", "status", "cpu_h", "gpu_h", "checkpoint",
+)  # fmt: skip
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the report needs it."""
+
+    trial_id: str
+    params: dict[str, Any]
+    history: pd.DataFrame  # one row per reported epoch (trainer report keys + checkpoint_path)
+    status: str = "TERMINATED"  # Ray Tune's final trial status
+    resources: dict[str, float] = field(default_factory=dict)  # {"CPU": .., "GPU": ..}
+    time_s: float = 0.0  # wall time the trial held its resources
+    error: str | None = None
+
+
+def _best_row(h: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    if metric not in h or h[metric].notna().sum() == 0:
+        return None
+    col = h[metric].astype(float)
+    return h.loc[col.idxmin() if mode == "min" else col.idxmax()]
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    def short(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={short(v)}" for k, v in sorted(params.items()))
+
+
+def rank_trials(
+    records: list[TrialRecord],
+    *,
+    metric: str = "val_eer",
+    mode: str = "min",
+    max_t: int | None = None,
+) -> pd.DataFrame:
+    """One row per trial, best first by each trial's best epoch; unreported trials last."""
+    rows = []
+    for r in records:
+        best = _best_row(r.history, metric, mode)
+        epochs = int(r.history["epoch"].max()) if "epoch" in r.history and len(r.history) else 0
+        row: dict[str, Any] = {
+            "trial": r.trial_id,
+            "params": _fmt_params(r.params),
+            "num_params": None,
+            "epochs": epochs,
+            "best_epoch": None,
+            "status": r.status if not r.error else f"{r.status}: {r.error.splitlines()[0][:80]}",
+            # stopped by the scheduler (ASHA) rather than run to the epoch budget or failed
+            "stopped_early": bool(
+                max_t and epochs < max_t and r.status == "TERMINATED" and not r.error
+            ),
+            "cpu_h": r.resources.get("CPU", 0.0) * r.time_s / 3600.0,
+            "gpu_h": r.resources.get("GPU", 0.0) * r.time_s / 3600.0,
+            "checkpoint": None,
+        }
+        for c in METRIC_COLUMNS:
+            row[c] = float(best[c]) if best is not None and c in best else math.nan
+        if best is not None:
+            row["num_params"] = int(best["num_params"]) if "num_params" in best else None
+            row["best_epoch"] = int(best["epoch"]) if "epoch" in best else None
+            ckpt = best.get("checkpoint_path")
+            row["checkpoint"] = ckpt if isinstance(ckpt, str) and ckpt else None
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "rank"])
+    key = df[metric] if mode == "min" else -df[metric]
+    df = df.assign(_k=key).sort_values("_k", na_position="last", kind="stable").drop(columns="_k")
+    df.insert(0, "rank", range(1, len(df) + 1))
+    df.loc[df[metric].isna(), "rank"] = None
+    return df.reset_index(drop=True)
+
+
+def _cell(v: Any, col: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if col.startswith("val_eer"):
+        return f"{100 * v:.2f}%"
+    if col.startswith("val_min_dcf"):
+        return f"{v:.3f}"
+    if col in ("cpu_h", "gpu_h"):
+        return f"{v:.3f}"
+    if col == "num_params":
+        return f"{int(v):,}"
+    if col in ("rank", "epochs", "best_epoch"):
+        return str(int(v))
+    if col == "stopped_early":
+        return "yes" if v else ""
+    return str(v).replace("|", "\\|")
+
+
+MD_COLUMNS = [c for c in COLUMNS if c != "checkpoint"]
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    head = ["rank", "trial", "params", "EER", "EER cos", "EER PLDA", "minDCF cos", "minDCF PLDA",
+            "params #", "epochs", "best ep", "ASHA stop", "status", "CPU-h", "GPU-h"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_cell(row[c], c) for c in MD_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv = out / "leaderboard.md", out / "leaderboard.csv"
+    md.write_text((f"# {title}\n\n" if title else "") + to_markdown(df))
+    df.to_csv(csv, index=False)
+    return {"markdown": md, "csv": csv}
+
+
+def _distribution(param: Any) -> Any:
+    import optuna.distributions as d
+
+    if param.kind == "choice":
+        return d.CategoricalDistribution(param.args)
+    if param.kind == "int":
+        return d.IntDistribution(param.args[0], param.args[1], step=param.step or 1)
+    return d.FloatDistribution(
+        float(param.args[0]), float(param.args[1]), log=param.kind == "loguniform", step=param.step
+    )
+
+
+def param_importances(
+    records: list[TrialRecord], space: Any, *, metric: str = "val_eer", mode: str = "min"
+) -> tuple[dict[str, float], str]:
+    """Optuna (fANOVA) importances over the trials' best metric; ``({}, reason)`` if impossible.
+
+    Built from the results rather than the live searcher so that it also works after a resume.
+    """
+    import optuna
+
+    dists = {p: _distribution(q) for p, q in space.params.items()}
+    trials = []
+    for r in records:
+        best = _best_row(r.history, metric, mode)
+        if best is None:
+            continue
+        params = {k: v for k, v in r.params.items() if k in dists}
+        trials.append(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                value=float(best[metric]),
+            )
+        )
+    if len(trials) < 2:
+        return {}, f"needs at least 2 trials with a {metric}, got {len(trials)}"
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    study.add_trials(trials)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (RuntimeError, ValueError) as exc:  # e.g. no parameter present in every trial
+        return {}, f"optuna could not compute importances: {str(exc).splitlines()[0]}"
+    if not imp:
+        return {}, "no parameter was sampled in every trial"
+    return dict(imp), ""
+
+
+def write_importances(imp: dict[str, float], reason: str, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    lines = ["# Parameter importances", ""]
+    if not imp:
+        lines.append(f"Not computed: {reason}.")
+    else:
+        lines += [
+            "fANOVA importance of each parameter for the trials' best validation metric "
+            "(parameters sampled in every trial; conditional ones are left out).",
+            "",
+            "| parameter | importance |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v:.3f} |" for k, v in imp.items()]
+        _bar_chart(imp, out / "importances.png")
+    path = out / "importances.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _bar_chart(imp: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.2))
+    ax.barh(names, [imp[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _best_backend(row: pd.Series) -> str:
+    cos, plda = row.get("val_eer_cosine"), row.get("val_eer_plda")
+    if plda is not None and not pd.isna(plda) and (cos is None or pd.isna(cos) or plda <= cos):
+        return "plda"
+    return "cosine"
+
+
+def det_top(
+    df: pd.DataFrame, out_path: str | Path, *, top: int = 3, log: Any = print
+) -> Path | None:
+    """Score the validation trials with each top trial's checkpoint and plot their DETs."""
+    import tempfile
+
+    from speakertune.checkpoint import load_checkpoint
+    from speakertune.data.corpus import load_corpus
+    from speakertune.evaluate import evaluate
+    from speakertune.plots import plot_det
+
+    systems: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    corpus_cache: dict[str, Any] = {}
+    tmp = tempfile.TemporaryDirectory(prefix="det_top_")
+    for i, (_, row) in enumerate(df[df["checkpoint"].notna()].head(top).iterrows()):
+        try:
+            ckpt = str(row["checkpoint"])
+            if "://" in ckpt:  # evaluation reads a local directory
+                ckpt = str(_local_copy(ckpt, Path(tmp.name) / str(i)))
+            cfg = load_checkpoint(ckpt).cfg
+            key = json.dumps(cfg["data"], sort_keys=True, default=str)
+            if key not in corpus_cache:
+                corpus_cache[key] = load_corpus(cfg["data"])
+            corpus = corpus_cache[key]
+            backend = _best_backend(row)
+            res = evaluate(
+                ckpt, corpus.val, corpus.trials, backends=(backend,),
+                storage_options=corpus.storage_options or None, progress=False, tsne=False,
+                # the trainer's validation length, so that the curves match the leaderboard
+                max_seconds=cfg.get("trainer", {}).get("val_max_seconds", 6.0),
+            )  # fmt: skip
+            labels = res.trials["label"].to_numpy()
+            systems[f"#{int(row['rank'])} {row['trial']} ({backend})"] = (
+                res.scores[backend],
+                labels,
+            )
+        except Exception as exc:  # one unreadable checkpoint must not cost the whole report
+            log(f"DET: skipped trial {row['trial']}: {str(exc).splitlines()[0]}")
+    tmp.cleanup()
+    if not systems:
+        return None
+    return Path(plot_det(systems, out_path, title="Top trials (validation, re-scored)"))
+
+
+def _local_copy(src: str, dest: str | Path) -> Path:
+    """Copy a checkpoint directory (local path or ``s3://...`` URI) to the local ``dest``."""
+    dest = Path(dest)
+    shutil.rmtree(dest, ignore_errors=True)
+    if "://" in src:
+        import pyarrow.fs as pafs
+
+        dest.mkdir(parents=True)
+        pafs.copy_files(src, str(dest.resolve()))
+    else:
+        shutil.copytree(src, dest)
+    return dest
+
+
+def export_best(row: pd.Series, dest: str | Path) -> Path | None:
+    """Copy the best trial's checkpoint (weights, PLDA/cosine backends, config) to ``dest``."""
+    src = row.get("checkpoint")
+    if not isinstance(src, str) or not src:
+        return None
+    dest = _local_copy(src, dest)
+    info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    (dest / "trial.json").write_text(json.dumps(info, indent=2, default=str))
+    return dest

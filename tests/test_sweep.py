@@ -1,0 +1,246 @@
+"""The sweep end to end on real Ray: a driver killed mid-sweep, --resume, the report files.
+
+The end-to-end test doubles as the 2-trial sweep test: the first driver is killed after one
+trial finished, the sweep is resumed in this process and must then write the full report with
+no finished trial lost or run again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from speakertune import leaderboard as lb
+from speakertune import sweep
+from speakertune.space import load_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tiny_space(corpus: Path, num_samples: int = 2) -> dict:
+    return {
+        "name": "tiny",
+        "base": {
+            "data": {
+                "corpus": "synthetic",
+                "root": str(corpus),
+                "speakers": 8,
+                "utts_per_speaker": 4,
+                "val_speakers": 2,
+                "val_trials": 24,
+                "min_seconds": 0.5,
+                "max_seconds": 1.0,
+            },
+            "features": {"name": "fbank", "num_mel_bins": 24},
+            "embed_dim": 16,
+            "trainer": {"epochs": 2, "batch_size": 8},
+        },  # fmt: skip
+        "components": {"model": {"tdnn": {"channels": 16, "out_channels": 32}}},
+        "params": {
+            "model.name": {"choice": ["tdnn"]},
+            "loss.name": {"choice": ["softmax", "aam_softmax"]},
+            "loss.margin": {"uniform": [0.1, 0.3], "when": {"loss.name": "aam_softmax"}},
+            "optimizer.lr": {"loguniform": [1e-3, 1e-2]},
+        },
+        "search": {"num_samples": num_samples, "seed": 3},
+        "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+    }
+
+
+def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _terminated_in_state(exp: Path) -> set[str]:
+    """Trial ids that Tune's saved experiment state records as finished."""
+    done = set()
+    for f in exp.glob("experiment_state-*.json"):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):  # being rewritten right now
+            continue
+        for trial_json, _ in data.get("trial_data", []):
+            t = json.loads(trial_json)
+            if t.get("status") == "TERMINATED":
+                done.add(t["trial_id"])
+    return done
+
+
+def _checkpoint_eers(run_dir: Path) -> list[float]:
+    return [
+        json.loads(p.read_text())["val_eer"]
+        for p in sorted(run_dir.glob("checkpoint_*/metrics.json"))
+    ]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_losing_or_repeating_trials(
+    ray_local, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(yaml.safe_dump(_tiny_space(tiny_corpus)))
+    storage, report = tmp_path / "runs", tmp_path / "report"
+    exp = storage / "tiny"
+    log = open(tmp_path / "driver.log", "w")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The user's command, in its own session so that it and its local Ray can be killed as one.
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(space_file),
+         "--storage", str(storage), "--report-dir", str(report)],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _terminated_in_state(exp), 240, "a finished trial", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep, without any cleanup
+        proc.wait(30)
+        log.close()
+    finished = _terminated_in_state(exp)
+    assert len(finished) == 1, (tmp_path / "driver.log").read_text()[-3000:]
+    (first,) = finished
+    first_run = exp / "train_runs" / first
+    before = {p.name: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()}
+    assert not (report / "tiny" / "leaderboard.csv").exists()
+
+    result = sweep.run_sweep(
+        load_space(space_file), storage=str(storage), report_root=report, resume=True, det_top=2
+    )
+
+    df = pd.read_csv(report / "tiny" / "leaderboard.csv")
+    assert sorted(df["trial"].astype(str)) == sorted(set(df["trial"].astype(str)))  # no repeats
+    assert len(df) == 2 and first in set(df["trial"].astype(str))  # nothing lost
+    after = {p.name: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()}
+    assert after == before, "the finished trial's Train run was touched again"
+    for _, row in df.iterrows():
+        # the reported EER is the trial's best epoch, as written by the trainer's checkpoints
+        eers = _checkpoint_eers(exp / "train_runs" / str(row["trial"]))
+        assert eers and math.isclose(row["val_eer"], min(eers), rel_tol=1e-9)
+        assert 0.0 <= row["val_eer"] <= 1.0 and row["epochs"] >= 1
+        if "loss.name=softmax" in row["params"]:
+            assert "margin" not in row["params"]
+    assert list(df["val_eer"]) == sorted(df["val_eer"])
+    out = report / "tiny"
+    assert (out / "leaderboard.md").read_text().count("\n| ") == 3  # header + 2 trials
+    assert (out / "importances.md").is_file()
+    assert (out / "det_top.png").read_bytes()[:4] == b"\x89PNG"
+    best = result.files["best"]
+    assert best and (best / "model.pt").is_file() and (best / "backend_plda.npz").is_file()
+    assert json.loads((best / "trial.json").read_text())["trial"] == str(df["trial"].iloc[0])
+    assert result.num_errors == 0
+
+
+def test_invalid_space_fails_before_ray_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"model.name": {"choice": ["ecapa_tdnnn"]}}}))
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(bad)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bad.yaml: params.model.name.choice: unknown model" in lines[0]
+    assert "did you mean" in lines[0] or "ecapa_tdnn" in lines[0]
+    assert "Ray" not in out.stdout and time.monotonic() - t0 < 30
+
+
+def test_fit_concurrency() -> None:
+    assert sweep.fit_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 2}, None)[0] == 1
+    assert sweep.fit_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 7}, None)[0] == 3
+    assert sweep.fit_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 64}, 8)[0] == 8
+    # GPUs bind first: 4 GPUs / 2 per trial, although the CPUs would fit 16 trials
+    assert sweep.fit_concurrency({"CPU": 4, "GPU": 2}, {"CPU": 64, "GPU": 4}, None)[0] == 2
+    n, why = sweep.fit_concurrency({"CPU": 4, "GPU": 1}, {"CPU": 8, "GPU": 0}, 3)
+    assert n == 3 and "autoscaler" in why  # a CPU-only head: GPU workers come on demand
+
+
+def test_absolute_data_paths(tmp_path: Path) -> None:
+    cfg = {"data": {"root": "data/synth", "manifest": "s3://b/m.parquet"}, "augment": {}}
+    out = sweep.absolute_data_paths(cfg, tmp_path)
+    assert out["data"]["root"] == str(tmp_path / "data/synth")
+    assert out["data"]["manifest"] == "s3://b/m.parquet"
+
+
+def test_orphan_placement_group_is_reaped(ray_local) -> None:
+    ray = ray_local
+    from ray.util.placement_group import placement_group_table
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def make(self) -> str:
+            pg = ray.util.placement_group([{"CPU": 0.5}])
+            ray.get(pg.ready(), timeout=30)
+            return pg.id.hex()
+
+    creator = Creator.remote()
+    pg_id = ray.get(creator.make.remote())
+    ray.kill(creator)  # the creator dies without removing its group, like a stopped trial's
+    time.sleep(1.0)
+    assert placement_group_table()[pg_id]["state"] == "CREATED"
+    assert sweep.reap_orphan_placement_groups() >= 1
+    _wait_for(lambda: placement_group_table()[pg_id]["state"] == "REMOVED", 10, "removal")
+    assert sweep.reap_orphan_placement_groups() == 0
+
+
+def _record(
+    tid: str, eers: list[float], params: dict, status: str = "TERMINATED"
+) -> lb.TrialRecord:
+    hist = pd.DataFrame(
+        {
+            "epoch": range(1, len(eers) + 1),
+            "val_eer": eers,
+            "val_eer_cosine": eers,
+            "val_eer_plda": [e + 0.01 for e in eers],
+            "val_min_dcf_cosine": [0.5] * len(eers),
+            "val_min_dcf_plda": [0.6] * len(eers),
+            "num_params": [1000] * len(eers),
+            "checkpoint_path": [f"/ck/{tid}/{i}" for i in range(len(eers))],
+        }
+    )
+    return lb.TrialRecord(tid, params, hist, status, {"CPU": 2.0, "GPU": 1.0}, 1800.0)
+
+
+def test_rank_trials_and_importances(tmp_path: Path) -> None:
+    space = load_space(REPO / "search_spaces/quickstart.yaml")
+    recs = [
+        _record("a", [0.30, 0.20, 0.25], {"loss.name": "softmax", "optimizer.lr": 1e-3}),
+        _record(
+            "b", [0.40], {"loss.name": "aam_softmax", "optimizer.lr": 5e-3, "loss.margin": 0.2}
+        ),
+        _record("c", [0.35, 0.10], {"loss.name": "aam_softmax", "optimizer.lr": 2e-3}),
+        lb.TrialRecord("d", {"loss.name": "softmax"}, pd.DataFrame(), "ERROR", error="boom\nx"),
+    ]
+    df = lb.rank_trials(recs, metric="val_eer", mode="min", max_t=3)
+    assert list(df["trial"]) == ["c", "a", "b", "d"]
+    assert list(df["val_eer"][:3]) == [0.10, 0.20, 0.40]
+    assert list(df["best_epoch"][:3]) == [2, 2, 1]
+    assert list(df["checkpoint"][:3]) == ["/ck/c/1", "/ck/a/1", "/ck/b/0"]
+    assert list(df["stopped_early"]) == [True, False, True, False]
+    assert math.isclose(df["gpu_h"][0], 0.5) and math.isclose(df["cpu_h"][0], 1.0)
+    assert pd.isna(df["rank"][3]) and df["status"][3].startswith("ERROR: boom")
+    files = lb.write_leaderboard(df, tmp_path)
+    md = files["markdown"].read_text()
+    assert "| 1 | c |" in md and "10.00%" in md
+    imp, reason = lb.param_importances(recs, space)
+    assert not reason and set(imp) == {"loss.name", "optimizer.lr"}  # margin is conditional
+    assert math.isclose(sum(imp.values()), 1.0, rel_tol=1e-6)
+    imp, reason = lb.param_importances(recs[:1] + recs[3:], space)
+    assert imp == {} and "at least 2" in reason
+    assert "Not computed" in lb.write_importances(imp, reason, tmp_path).read_text()
