@@ -6,12 +6,14 @@ The space is validated before Ray starts; see docs/running.md for the format and
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 # Running from a checkout without `pip install -e .` still finds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
+from speakertune import redact  # noqa: E402
 from speakertune.config import ConfigError  # noqa: E402
 from speakertune.space import check_builds, load_space  # noqa: E402
 
@@ -28,11 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     p.add_argument("--report-dir", default="runs", help="local dir for leaderboard and best/")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    redact.install()  # after the handlers exist: it filters what they write
     try:
         space = load_space(args.space)
         check_builds(space)  # component options too, still before Ray starts
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact.redact_text(str(exc))}", file=sys.stderr)
         return 2
     if args.num_samples is not None:
         if args.num_samples < 1:
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             report_root=args.report_dir,
         )
     except (SweepError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact.redact_text(str(exc))}", file=sys.stderr)
         return 2
     return 1 if result.leaderboard["val_eer"].notna().sum() == 0 else 0
 

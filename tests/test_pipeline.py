@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import ray.data
 import torch
 from speakertune.config import ConfigError, resolve
 from speakertune.data.audio import load_audio
@@ -65,6 +66,10 @@ def test_local_stream_shapes_skips_and_per_epoch_randomness(ray_local, tiny_corp
     n_good = len(corpus.train) - 1
 
     ds = build_train_dataset(corpus, cfg, epoch_seed=5)
+    # At most data_cpus feature tasks at once, through the current API (``concurrency=`` is
+    # deprecated since Ray 2.51 and logs a warning in every trial).
+    op = ds._logical_plan.dag
+    assert op.compute == ray.data.TaskPoolStrategy(size=int(cfg["trainer"]["data_cpus"]))
     lo, hi = crop_frames(cfg)
     shapes, labels, first = epoch(ds, cfg, seed=0)
     assert sum(s[0] for s in shapes) == n_good == len(first)

@@ -140,9 +140,17 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(
     assert (out / "leaderboard.md").read_text().count("\n| ") == 3  # header + 2 trials
     assert (out / "importances.md").is_file()
     assert (out / "det_top.png").read_bytes()[:4] == b"\x89PNG"
+    from speakertune.metrics import eer
+
+    for _, row in df.iterrows():  # the DET plots the trainer's own scores: the same EERs
+        for name in ("cosine", "plda"):
+            scores, labels = lb.load_val_scores(str(row["checkpoint"]), name)
+            assert math.isclose(eer(scores, labels)[0], row[f"val_eer_{name}"], rel_tol=1e-12)
     best = result.files["best"]
     assert best and (best / "model.pt").is_file() and (best / "backend_plda.npz").is_file()
-    assert json.loads((best / "trial.json").read_text())["trial"] == str(df["trial"].iloc[0])
+    info = json.loads((best / "trial.json").read_text())
+    assert info["trial"] == str(df["trial"].iloc[0])
+    assert isinstance(info["epochs"], int) and info["epochs"] == int(df["epochs"].iloc[0])
     assert result.num_errors == 0
 
 
@@ -244,3 +252,19 @@ def test_rank_trials_and_importances(tmp_path: Path) -> None:
     imp, reason = lb.param_importances(recs[:1] + recs[3:], space)
     assert imp == {} and "at least 2" in reason
     assert "Not computed" in lb.write_importances(imp, reason, tmp_path).read_text()
+
+
+def test_export_best_redacts_trial_json(tmp_path: Path) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"  # AWS's documented example secret
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.pt").write_bytes(b"weights")
+    row = pd.Series({"trial": "t1", "val_eer": 0.1, "checkpoint": str(ckpt),
+                     "params": f"data.storage.secret_key={secret}, optimizer.lr=0.001",
+                     "status": f"ERROR: s3://AKIAEXAMPLE:{secret}@bucket/x failed"})  # fmt: skip
+    best = lb.export_best(row, tmp_path / "best")
+    text = (best / "trial.json").read_text()
+    assert secret not in text and (best / "model.pt").read_bytes() == b"weights"
+    info = json.loads(text)
+    assert info["trial"] == "t1" and info["val_eer"] == 0.1 and "optimizer.lr=0.001" in text
+    assert "secret_key=***" in info["params"]

@@ -111,7 +111,35 @@ def test_checkpoint_reload_reproduces_validation_eer(crashed_run):
         assert eer(scores, labels)[0] == pytest.approx(out[f"val_eer_{name}"], abs=1e-9)
         # Independent reference: scikit-learn's ROC, within one trial's worth of resolution.
         n = min(int(labels.sum()), int((1 - labels).sum()))
-        assert abs(_sklearn_eer(scores, labels) - out[f"val_eer_{name}"]) <= 1.0 / n
+        gap = abs(_sklearn_eer(scores, labels) - out[f"val_eer_{name}"])
+        assert gap <= 1.0 / n + 1e-12  # one trial, up to float rounding
+
+
+def test_saved_validation_scores_give_the_reported_eers(crashed_run):
+    """Each checkpoint carries its epoch's trial scores (what the sweep's DET plot shows): their
+    EER is exactly the reported one for every kept epoch."""
+    from speakertune.data.corpus import load_corpus
+    from speakertune.leaderboard import load_val_scores
+    from speakertune.metrics import eer
+
+    cfg, out = crashed_run
+    by_epoch = {h["epoch"]: h for h in out["history"]}
+    ckpts = sorted(Path(out["run_dir"]).glob("checkpoint_epoch_*"))
+    assert ckpts and Path(out["checkpoint"]) in ckpts
+    labels_ref = load_corpus(cfg["data"]).trials["label"].to_numpy()
+    for ck in ckpts:
+        epoch = int(ck.name.rsplit("_", 1)[1])
+        with np.load(ck / trainer.VAL_SCORES, allow_pickle=False) as z:
+            assert set(z.files) == {"labels", "scores_cosine", "scores_plda"}
+            np.testing.assert_array_equal(z["labels"], labels_ref)
+        for name in ("cosine", "plda"):
+            scores, labels = load_val_scores(str(ck), name)
+            assert scores.shape == labels.shape == labels_ref.shape
+            assert eer(scores, labels)[0] == by_epoch[epoch][f"val_eer_{name}"], (ck, name)
+            # scikit-learn's ROC as the independent reference, to one trial's resolution
+            n = min(int(labels.sum()), int((1 - labels).sum()))
+            gap = abs(_sklearn_eer(scores, labels) - by_epoch[epoch][f"val_eer_{name}"])
+            assert gap <= 1 / n + 1e-12  # one trial, up to float rounding
 
 
 def _read_events(path: Path):

@@ -230,48 +230,44 @@ def _best_backend(row: pd.Series) -> str:
     return "cosine"
 
 
+def load_val_scores(ckpt: str, backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, labels)`` of ``backend`` saved with a checkpoint (local dir or URI)."""
+    import io
+
+    from speakertune.data.storage import read_bytes
+    from speakertune.trainer import VAL_SCORES  # the trainer writes it next to each checkpoint
+
+    with np.load(io.BytesIO(read_bytes(f"{ckpt.rstrip('/')}/{VAL_SCORES}")),
+                 allow_pickle=False) as z:  # fmt: skip
+        key = f"scores_{backend}"
+        if key not in z.files:
+            raise ValueError(f"{ckpt}/{VAL_SCORES}: no {key} (has {', '.join(z.files)})")
+        return z[key], z["labels"]
+
+
 def det_top(
     df: pd.DataFrame, out_path: str | Path, *, top: int = 3, log: Any = print
 ) -> Path | None:
-    """Score the validation trials with each top trial's checkpoint and plot their DETs."""
-    import tempfile
+    """DET curves of the top trials from the validation scores saved with their checkpoints.
 
-    from speakertune.checkpoint import load_checkpoint
-    from speakertune.data.corpus import load_corpus
-    from speakertune.evaluate import evaluate
+    These are the very scores the trainer's reported EERs come from, so curve and leaderboard
+    agree by construction (re-scoring would embed utterances differently, e.g. other crops).
+    """
     from speakertune.plots import plot_det
 
     systems: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    corpus_cache: dict[str, Any] = {}
-    tmp = tempfile.TemporaryDirectory(prefix="det_top_")
-    for i, (_, row) in enumerate(df[df["checkpoint"].notna()].head(top).iterrows()):
+    for _, row in df[df["checkpoint"].notna()].head(top).iterrows():
+        backend = _best_backend(row)
         try:
-            ckpt = str(row["checkpoint"])
-            if "://" in ckpt:  # evaluation reads a local directory
-                ckpt = str(_local_copy(ckpt, Path(tmp.name) / str(i)))
-            cfg = load_checkpoint(ckpt).cfg
-            key = json.dumps(cfg["data"], sort_keys=True, default=str)
-            if key not in corpus_cache:
-                corpus_cache[key] = load_corpus(cfg["data"])
-            corpus = corpus_cache[key]
-            backend = _best_backend(row)
-            res = evaluate(
-                ckpt, corpus.val, corpus.trials, backends=(backend,),
-                storage_options=corpus.storage_options or None, progress=False, tsne=False,
-                # the trainer's validation length, so that the curves match the leaderboard
-                max_seconds=cfg.get("trainer", {}).get("val_max_seconds", 6.0),
-            )  # fmt: skip
-            labels = res.trials["label"].to_numpy()
-            systems[f"#{int(row['rank'])} {row['trial']} ({backend})"] = (
-                res.scores[backend],
-                labels,
-            )
+            scores, labels = load_val_scores(str(row["checkpoint"]), backend)
         except Exception as exc:  # one unreadable checkpoint must not cost the whole report
             log(f"DET: skipped trial {row['trial']}: {str(exc).splitlines()[0]}")
-    tmp.cleanup()
+            continue
+        # plot_det adds each curve's EER to its legend entry
+        systems[f"#{int(row['rank'])} {row['trial']} ({backend})"] = (scores, labels)
     if not systems:
         return None
-    return Path(plot_det(systems, out_path, title="Top trials (validation, re-scored)"))
+    return Path(plot_det(systems, out_path, title="Top trials (validation)"))
 
 
 def _local_copy(src: str, dest: str | Path) -> Path:
@@ -294,6 +290,10 @@ def export_best(row: pd.Series, dest: str | Path) -> Path | None:
     if not isinstance(src, str) or not src:
         return None
     dest = _local_copy(src, dest)
-    info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    from speakertune.redact import redact_config
+
+    info = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}  # JSON types
+    info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
+    info = redact_config(info)  # params and paths may carry credentials (e.g. s3://key@...)
     (dest / "trial.json").write_text(json.dumps(info, indent=2, default=str))
     return dest

@@ -259,7 +259,8 @@ def build_train_dataset(
         batch_size=1,
         batch_format="numpy",
         num_cpus=1,
-        concurrency=data_cpus,
+        # At most data_cpus tasks at once (``concurrency=`` is deprecated in Ray 2.60).
+        compute=ray.data.TaskPoolStrategy(size=data_cpus),
         fn_kwargs={"token": uuid.uuid4().hex, "spec_ref": ray.put(spec),
                    "seed": int(epoch_seed), "chunk_rows": chunk_rows},  # fmt: skip
     )

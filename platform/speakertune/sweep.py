@@ -29,6 +29,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from speakertune import leaderboard as lb
+from speakertune.redact import redact_config, redact_text
 from speakertune.space import SearchSpace, SpaceSampler, trial_config
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # what a Tune trial reserves for itself (bytes), no CPU
@@ -201,7 +202,7 @@ class FinishedTrialLine(Callback):
         r = trial.last_result or {}
         v = r.get(self.metric)
         shown = f"{100 * v:.2f}%" if isinstance(v, float) and "eer" in self.metric else v
-        params = ", ".join(f"{k}={v}" for k, v in trial.config.items())
+        params = ", ".join(f"{k}={v}" for k, v in redact_config(dict(trial.config)).items())
         epoch = r.get("epoch", 0)
         how = "stopped early by ASHA" if self.max_t and epoch < self.max_t else "finished"
         print(
@@ -214,6 +215,24 @@ class FinishedTrialLine(Callback):
         print(f"[sweep] trial {trial.trial_id} FAILED (see {trial.error_file})", flush=True)
 
 
+LOCAL_DASHBOARD_PORT = 8265
+
+
+def ray_init_kwargs(address: str | None, *, dashboard: bool = True) -> dict[str, Any]:
+    """``ray.init`` arguments: connect to ``address`` or start a local Ray whose dashboard
+    listens on loopback only (it has no authentication: never expose it on 0.0.0.0).
+    ``dashboard=False`` is the fallback when it cannot start (still bound to loopback, in case
+    Ray starts parts of it anyway)."""
+    kwargs: dict[str, Any] = {"dashboard_host": "127.0.0.1"}
+    if address:
+        kwargs["address"] = address
+    elif dashboard:
+        kwargs.update(include_dashboard=True, dashboard_port=LOCAL_DASHBOARD_PORT)
+    else:
+        kwargs["include_dashboard"] = False
+    return kwargs
+
+
 def init_ray(address: str | None, log: Callable[[str], None] = print) -> str | None:
     """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray with the dashboard."""
     import ray
@@ -221,21 +240,22 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> str | N
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = ray_init_kwargs(address)
     if address:
-        ctx = ray.init(address=address)
+        ctx = ray.init(**kwargs)
         url = getattr(ctx, "dashboard_url", None)
         log(
-            f"connected to the Ray cluster at {address}"
+            f"connected to the Ray cluster at {redact_text(address)}"
             + (f"; dashboard http://{url}" if url else "")
         )
         return url
     try:
-        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=8265)
+        ctx = ray.init(**kwargs)
     except Exception as exc:  # dashboard extras (ray[default]) missing or port taken
         if ray.is_initialized():
             ray.shutdown()
         log(f"Ray dashboard unavailable ({str(exc).splitlines()[0]}); starting without it")
-        ray.init(include_dashboard=False)
+        ray.init(**ray_init_kwargs(None, dashboard=False))
         return None
     url = getattr(ctx, "dashboard_url", None)
     if url:
@@ -270,11 +290,13 @@ def _records(results: Any, space: SearchSpace, base_cfg: dict[str, Any]) -> list
             hist = hist.drop_duplicates("epoch", keep="last").reset_index(drop=True)
         params = {k: v for k, v in (res.config or {}).items() if k in space.params}
         cfg = trial_config(base_cfg, params, space.components)
+        # Records feed every written report (leaderboard, trial.json): no credentials in them.
+        params = redact_config(params)
         metrics = res.metrics or {}
         # A trial that never reported has no metrics: its id is in its directory's name.
         m = re.search(r"_trial_fn_([0-9a-f]+)_", Path(str(res.path)).name)
         trial_id = metrics.get("trial_id") or (m.group(1) if m else Path(str(res.path)).name)
-        err = None if res.error is None else str(res.error).strip().splitlines()[-1]
+        err = None if res.error is None else redact_text(str(res.error).strip().splitlines()[-1])
         out.append(
             lb.TrialRecord(
                 trial_id=str(trial_id),

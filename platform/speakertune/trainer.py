@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -345,7 +346,10 @@ class _Progress:
             self.dir.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, line: str) -> None:
-        print(f"[speakertune] {line}", flush=True)
+        # Not print(): Ray Train patches it in workers to log *and* echo to the wrapped stdout,
+        # so each line reached the driver twice.
+        sys.stdout.write(f"[speakertune] {line}\n")
+        sys.stdout.flush()
         if self.dir:
             with open(self.dir / "progress.log", "a") as fh:
                 fh.write(line + "\n")
@@ -383,6 +387,18 @@ def _load_validation_cache(cfg, meta, rank: int, world: int):
         df = pd.DataFrame(meta[key]).iloc[rank::world]
         parts[key] = load_eval_features(df, cfg, storage_options=opts, max_seconds=max_s)
     return parts
+
+
+VAL_SCORES = "val_scores.npz"
+
+
+def save_val_scores(ckpt_dir: str | Path, result: Any) -> Path:
+    """The epoch's validation trial scores (``scores_<backend>``) and ``labels`` next to its
+    checkpoint, so that reports plot exactly the scores behind the reported EERs."""
+    arrays = {f"scores_{k}": np.asarray(v, dtype=np.float64) for k, v in result.scores.items()}
+    path = Path(ckpt_dir) / VAL_SCORES
+    np.savez(path, labels=np.asarray(result.labels, dtype=np.int64), **arrays)
+    return path
 
 
 def _validate(net: SpeakerNet, cache, cfg, meta, dist: _Dist, rank: int, device, amp_ctx):
@@ -606,6 +622,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_checkpoint(tmp, encoder=net.encoder, loss=net.loss, cfg=cfg,
                             num_classes=meta["num_classes"], feat_dim=meta["feat_dim"],
                             backends=result.backends, train_state=train_state, metrics=metrics)
+            save_val_scores(tmp, result)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
         last_report = time.monotonic()
