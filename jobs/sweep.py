@@ -1,6 +1,6 @@
 """Run a hyperparameter sweep: ``python jobs/sweep.py --space quickstart.yaml``.
 
-The space is validated before Ray starts; see docs/running.md for the format and options.
+The space is validated before Ray starts; see the README ("Running sweeps") for the format and options.
 """
 
 from __future__ import annotations
