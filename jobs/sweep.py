@@ -1,6 +1,7 @@
 """Run a hyperparameter sweep: ``python jobs/sweep.py --space quickstart.yaml``.
 
-The space is validated before Ray starts; see the README ("Running sweeps") for the format and options.
+The space is validated before Ray starts; see the README ("Running sweeps") for the format
+and options.
 """
 
 from __future__ import annotations
