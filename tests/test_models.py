@@ -35,16 +35,6 @@ SMALL = {
 FEAT_DIM, EMBED_DIM = 20, 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are many small ops; on a loaded 2-core machine two intra-op threads spin
-    on each other (100x slower), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _documented(kind: str) -> set[str]:
     """Names listed for ``kind`` ('MODELS'/'POOLINGS'/'LOSSES') in docs/architecture.md."""
     text = ARCHITECTURE.read_text()

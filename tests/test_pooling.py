@@ -13,14 +13,6 @@ from speakertune.registry import POOLINGS
 from torch import nn
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _x(b: int = 3, c: int = 6, t: int = 11, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).normal(size=(b, c, t)))
 
