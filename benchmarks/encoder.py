@@ -80,12 +80,11 @@ def main() -> None:
     print(f"ratio ours/speechbrain = {ratio:.2f} best, {med['ours'] / med['speechbrain']:.2f} "
           "median (target >= 1.0)")
     machine = f"{platform.processor() or platform.machine()} {torch.get_num_threads()} thr"
-    print("| benchmark | config | ours frames/s | speechbrain frames/s | ratio | params ours / sb "
-          "| machine |")
-    print(f"| encoder | ECAPA C={args.channels} B={batch} T={args.frames} | {fps['ours']:.0f} | "
-          f"{fps['speechbrain']:.0f} | {ratio:.2f} | {count_parameters(ours) / 1e6:.2f}M / "
-          f"{count_parameters(theirs) / 1e6:.2f}M | {machine} |")
-
+    print("| benchmark | ours | baseline | ratio (ours/baseline speed) | notes |")
+    print(f"| encoder | {fps['ours']:.0f} frames/s | SpeechBrain ECAPA_TDNN "
+          f"{fps['speechbrain']:.0f} frames/s | {ratio:.2f}x | ECAPA C={args.channels} "
+          f"B={batch} T={args.frames} fwd+bwd, params {count_parameters(ours):,} / "
+          f"{count_parameters(theirs):,}, {machine} |")
 
 if __name__ == "__main__":
     main()
