@@ -29,16 +29,20 @@ from speakertune.data.trials import check_trials, read_trials, write_trials
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 
-def read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[list[str]]:
-    """Whitespace-separated Kaldi-style table; each row is returned with its line number
-    appended. Errors name file and line."""
-    rows = []
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ManifestError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read ({exc})") from None
+
+
+def read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[list[str]]:
+    """Whitespace-separated Kaldi-style table; each row is returned with its line number
+    appended. Errors name file and line."""
+    rows = []
+    text = _read_text(path)
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
@@ -198,12 +202,7 @@ def read_csv(
     """A CSV with header ``utt,spk,uri[,duration_s,sample_rate,...]``; relative URIs are
     relative to the CSV's directory. Missing durations are read from the audio headers."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read ({exc})") from None
+    text = _read_text(path)
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise ManifestError(f"{path}: empty CSV (no header)")
