@@ -249,16 +249,17 @@ def _order(source: str, params: dict[str, Param]) -> dict[str, Param]:
     return ordered
 
 
+def _reject_unknown(source: str, section: str, raw: dict, known: Any) -> None:
+    """One-line error naming the first key of ``raw`` that ``known`` lacks."""
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise _fail(source, f"{section}.{unknown[0]}", f"unknown key; known: {', '.join(known)}")
+
+
 def _parse_search(source: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise _fail(source, "search", "must be a mapping")
-    unknown = set(raw) - set(SEARCH_DEFAULTS)
-    if unknown:
-        raise _fail(
-            source,
-            f"search.{sorted(unknown)[0]}",
-            f"unknown key; known: {', '.join(SEARCH_DEFAULTS)}",
-        )
+    _reject_unknown(source, "search", raw, SEARCH_DEFAULTS)
     s = {**SEARCH_DEFAULTS, **raw}
     for k in ("num_samples", "max_concurrent"):
         v = s[k]
@@ -288,13 +289,7 @@ def _parse_scheduler(source: str, raw: Any, epochs: int) -> dict[str, Any]:
     asha = raw["asha"] or {}
     if not isinstance(asha, dict):
         raise _fail(source, "scheduler.asha", "must be a mapping")
-    unknown = set(asha) - set(ASHA_KEYS)
-    if unknown:
-        raise _fail(
-            source,
-            f"scheduler.asha.{sorted(unknown)[0]}",
-            f"unknown key; known: {', '.join(ASHA_KEYS)}",
-        )
+    _reject_unknown(source, "scheduler.asha", asha, ASHA_KEYS)
     out = {"grace_period": 1, "reduction_factor": 2, "max_t": epochs, **asha}
     for k in ASHA_KEYS:
         v = out[k]
