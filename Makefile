@@ -1,20 +1,32 @@
-# Both quick-start targets create or refresh the virtual environment themselves.
+# Every target installs from the checked-in lock (requirements.lock), never from a fresh resolve.
+# `make lock` is the only target that resolves, and it rewrites the lock.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+LOCK := requirements.lock
 SPACE ?= quickstart.yaml
 
-.PHONY: venv sweep test lint bench clean
+.PHONY: venv sweep test lint bench doctor lock clean
 
-$(VENV)/.stamp: pyproject.toml
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.stamp: pyproject.toml $(LOCK) | $(UV)
+	$(UV) pip install --python $(PY) --require-hashes -r $(LOCK)
+	$(UV) pip install --python $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.stamp
 
+doctor: venv
+	$(PY) -m speakertune doctor
+
+# the cheap checks first: a broken environment ends in one FAIL line, not a worker traceback
 sweep: venv
+	$(PY) -m speakertune doctor --quick
 	$(PY) jobs/sweep.py --space $(SPACE)
 
 lint: venv
@@ -24,8 +36,11 @@ test: venv lint
 	$(PY) -m pytest -q tests
 
 bench: venv
-	$(PY) -m pip install -e '.[dev,bench]'
 	$(PY) benchmarks/run_all.py
+
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --all-extras --universal --generate-hashes \
+		--python-version 3.10 --quiet -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) runs data/synth

@@ -30,10 +30,15 @@ def test_cluster_yaml_passes_ray_validation(raw: dict) -> None:
     assert gpu_types, "needs a GPU worker type"
     for t in gpu_types:
         assert 0 <= types[t]["min_workers"] <= types[t]["max_workers"] <= cfg["max_workers"]
-    # the project is shipped to and installed on every node
+    # the project is shipped to every node and installed there from the lock, Ray run from it
     assert "~/speakertune" in cfg["file_mounts"]
-    assert any("pip install -e ~/speakertune" in c for c in cfg["worker_setup_commands"])
-    assert any("pip install -e ~/speakertune" in c for c in cfg["head_setup_commands"])
+    for key in ("worker_setup_commands", "head_setup_commands"):
+        assert any("make venv" in c for c in cfg[key]), key
+        assert not any("pip install" in c for c in cfg[key]), f"{key}: a resolve on the node"
+    for key in ("worker_start_ray_commands", "head_start_ray_commands"):
+        assert all("ray " not in c or ".venv/bin/ray" in c for c in cfg[key]), key
+    images = {t["node_config"].get("ImageId") for t in types.values()}
+    assert len(images) == 1 and "nvidia-driver" in images.pop()  # one named image everywhere
     assert any("--dashboard-host=0.0.0.0" in c for c in cfg["head_start_ray_commands"])
 
 

@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_list = sub.add_parser("list", help="print registered component names, one per line")
     p_list.add_argument("kind", choices=["models", "poolings", "losses", "features", "backends"])
+    sub.add_parser("doctor", help="check the environment (PASS/WARN/FAIL per line)", add_help=False)
     for job in JOBS:
         sub.add_parser(job, help=f"run jobs/{job}.py (arguments pass through)", add_help=False)
+    if argv and argv[0] == "doctor":
+        from speakertune.doctor import main as doctor
+
+        return doctor(argv[1:])
     if argv and argv[0] in JOBS:
         script = _jobs_dir() / f"{argv[0]}.py"
         if not script.exists():
