@@ -1,7 +1,8 @@
 """Mixed precision on a GPU: one training epoch with amp off vs bf16 vs fp16 — time per epoch,
 peak GPU memory (torch.cuda.max_memory_allocated) and the validation EER after training.
 
-The training step is the trainer's own (``speakertune.trainer.run_epoch``: autocast, GradScaler
+The training step is the trainer's own (``speakertune.train.trainer.run_epoch``: autocast,
+GradScaler
 for fp16, clipping, LR schedule, margin warm-up), run in one process on features cached in an
 ``.npz`` so that a bare GPU machine needs only torch, numpy, pandas and scipy (no Ray, no audio
 stack). Two steps:
@@ -39,7 +40,7 @@ def export(path: Path, max_train: int, val_per_spk: int) -> None:
     utterances, validation utterances up to 3 s, the trial list."""
     from speakertune.data.audio import load_audio
     from speakertune.data.corpus import load_corpus
-    from speakertune.pipeline import extract_features
+    from speakertune.frontend.pipeline import extract_features
 
     cfg = resolve(CFG)
     corpus = load_corpus(cfg["data"])
@@ -75,10 +76,10 @@ def run_mode(data: dict, mode: str, epochs: int, passes: int, device: torch.devi
     import pandas as pd
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
-    from speakertune.optim import build_optimizer, build_scheduler
-    from speakertune.precision import autocast, grad_scaler, resolve_amp
-    from speakertune.trainer import SpeakerNet, run_epoch
-    from speakertune.validation import embed_features, score_backends
+    from speakertune.train.optim import build_optimizer, build_scheduler
+    from speakertune.train.precision import autocast, grad_scaler, resolve_amp
+    from speakertune.train.trainer import SpeakerNet, run_epoch
+    from speakertune.train.validation import embed_features, score_backends
 
     cfg = resolve(CFG, {"trainer.amp": mode})
     t = cfg["trainer"]

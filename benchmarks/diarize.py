@@ -1,6 +1,6 @@
 """Sliding-window embedding for diarization: features computed once per recording and windows
-batched by length (ours, ``speakertune.diarize.diarize``) vs features + forward pass per window
-(baseline, the straightforward loop). Same encoder, same windows, same clustering.
+batched by length (ours, ``speakertune.diarization.diarize.diarize``) vs features + forward pass
+per window (baseline, the straightforward loop). Same encoder, same windows, same clustering.
 
     .venv/bin/python benchmarks/diarize.py [--quick]
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from speakertune.diarize import (
+from speakertune.diarization.diarize import (
     DiarizeConfig,
     affinity_matrix,
     cluster_ahc,

@@ -24,7 +24,12 @@ import numpy as np
 import torch
 from speakertune.config import resolve
 from speakertune.data.corpus import load_corpus
-from speakertune.pipeline import FrontEnd, RandomCropCollate, build_train_dataset, crop_frames
+from speakertune.frontend.pipeline import (
+    FrontEnd,
+    RandomCropCollate,
+    build_train_dataset,
+    crop_frames,
+)
 
 
 class _FrontEndDataset(torch.utils.data.Dataset):

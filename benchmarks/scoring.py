@@ -1,6 +1,6 @@
 """Scoring speed and agreement against baselines run in the same process.
 
-1. EER + minDCF(0.01) + minDCF(0.001) on N trials: ``speakertune.metrics`` (one sort for all
+1. EER + minDCF(0.01) + minDCF(0.001) on N trials: ``speakertune.scoring.metrics`` (one sort for all
    three) against the usual scikit-learn ``roc_curve``-based computation.
 2. PLDA fit and scoring time, and the EER reached, against SpeechBrain's PLDA
    (``speechbrain.processing.PLDA_LDA``) on the same synthetic speaker embeddings.
@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
-from speakertune.backends import CosineBackend, PLDABackend
-from speakertune.metrics import eer, verification_report
+from speakertune.scoring.backends import CosineBackend, PLDABackend
+from speakertune.scoring.metrics import eer, verification_report
 from threadpoolctl import threadpool_limits
 
 
@@ -56,7 +56,8 @@ def bench_metrics(n: int, repeat: int) -> tuple[float, float]:
     print(f"\n## EER + minDCF(0.01) + minDCF(0.001), {n:,} trials (best of {repeat})")
     print("| implementation | time (s) | EER (%) | minDCF(0.01) | minDCF(0.001) |")
     print("|---|---|---|---|---|")
-    for name, r, t in (("speakertune.metrics", ours, t_ours), ("sklearn roc_curve", ref, t_ref)):
+    rows = (("speakertune.scoring.metrics", ours, t_ours), ("sklearn roc_curve", ref, t_ref))
+    for name, r, t in rows:
         print(f"| {name} | {t:.3f} | {100 * r['eer']:.4f} | {r['min_dcf_0.01']:.5f} | "
               f"{r['min_dcf_0.001']:.5f} |")
     print(f"max |difference| = {worst:.2e}; speed-up x{t_ref / t_ours:.2f}")

@@ -34,21 +34,18 @@ SMALL_ECAPA = {
 def untrained_eer(cfg: dict) -> dict[str, float]:
     """Validation metrics of the randomly initialised encoder (same seed as the trial)."""
     from speakertune.data.corpus import load_corpus
-    from speakertune.features import feature_dim
+    from speakertune.data.sampling import plda_sample
+    from speakertune.frontend.features import feature_dim
     from speakertune.models import build_encoder
-    from speakertune.validation import (
-        embed_features,
-        load_eval_features,
-        plda_sample,
-        score_backends,
-    )
+    from speakertune.train.validation import embed_features, load_eval_features, score_backends
 
     corpus = load_corpus(cfg["data"])
     torch.manual_seed(int(cfg["trainer"]["seed"]))
     enc = build_encoder(cfg["model"], cfg["pooling"], feature_dim(cfg), int(cfg["embed_dim"]))
     max_s = cfg["trainer"]["val_max_seconds"]
     t = cfg["trainer"]
-    sample = plda_sample(corpus.train, int(t["plda_utts"]), int(t["seed"]))
+    sample = plda_sample(corpus.train, int(t["plda_utts"]), int(t["plda_utts_per_speaker"]),
+                         int(t["seed"]))
     val = load_eval_features(corpus.val, cfg, max_seconds=max_s)
     fit = load_eval_features(sample, cfg, max_seconds=max_s)
     spk = dict(zip(sample["utt"].astype(str), sample["spk"].astype(str)))
@@ -87,7 +84,7 @@ def main() -> int:
     cfg = resolve(SMALL_ECAPA, {"trainer.epochs": epochs})
 
     import ray
-    from speakertune.trainer import train
+    from speakertune.train.trainer import train
 
     ray.init(include_dashboard=False, log_to_driver=True)
     t0 = time.perf_counter()

@@ -19,9 +19,9 @@ import numpy as np
 from speakertune.checkpoint import load_checkpoint
 from speakertune.data.audio import load_audio
 from speakertune.data.errors import AudioError
-from speakertune.der import diarization_error
-from speakertune.diarize import DiarizationError, DiarizeConfig, diarize
-from speakertune.rttm import Turn, read_rttm, write_rttm
+from speakertune.diarization.der import diarization_error
+from speakertune.diarization.diarize import DiarizationError, DiarizeConfig, diarize
+from speakertune.diarization.rttm import Turn, read_rttm, write_rttm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-from speakertune.evaluate import evaluate, results_table
 from speakertune.redact import install as install_redaction
 from speakertune.redact import redact_text
+from speakertune.scoring.evaluate import evaluate, results_table
 
 
 def main(argv: list[str] | None = None) -> int:

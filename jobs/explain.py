@@ -33,8 +33,8 @@ from speakertune.explain import (
     similarity_target,
     top_fraction_mask,
 )
-from speakertune.features import FeatureError
-from speakertune.pipeline import extract_features
+from speakertune.frontend.features import FeatureError
+from speakertune.frontend.pipeline import extract_features
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from speakertune import redact  # noqa: E402
 from speakertune.config import ConfigError  # noqa: E402
-from speakertune.space import check_builds, load_space  # noqa: E402
+from speakertune.search.space import check_builds, load_space  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         space.search["num_samples"] = args.num_samples
 
-    from speakertune.sweep import SweepError, run_sweep
+    from speakertune.search.sweep import SweepError, run_sweep
 
     try:
         result = run_sweep(

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from speakertune.augment import (
+from speakertune.data.audio import load_audio
+from speakertune.frontend.augment import (
     Augmenter,
     AugmentError,
     add_noise,
@@ -17,7 +18,6 @@ from speakertune.augment import (
     spec_augment,
     speed_perturb,
 )
-from speakertune.data.audio import load_audio
 
 SR = 16000
 

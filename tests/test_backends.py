@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 from sklearn.metrics.pairwise import cosine_similarity
-from speakertune.backends import (
+from speakertune.registry import BACKENDS
+from speakertune.scoring.backends import (
     ASNorm,
     BackendError,
     CosineBackend,
@@ -15,9 +16,8 @@ from speakertune.backends import (
     enroll_ids,
     score_trials,
 )
-from speakertune.metrics import eer
-from speakertune.plots import plot_det, plot_tsne
-from speakertune.registry import BACKENDS
+from speakertune.scoring.metrics import eer
+from speakertune.scoring.plots import plot_det, plot_tsne
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from speakertune.backends import CosineBackend, PLDABackend
 from speakertune.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from speakertune.config import resolve
 from speakertune.data.audio import load_audio
-from speakertune.embeddings import EmbeddingError, embed_utterances
+from speakertune.frontend.pipeline import extract_features
 from speakertune.models import build_encoder
-from speakertune.pipeline import extract_features
+from speakertune.scoring.backends import CosineBackend, PLDABackend
+from speakertune.scoring.embed import EmbeddingError, embed_utterances
 
 SR = 16000
 

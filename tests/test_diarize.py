@@ -15,8 +15,8 @@ import torch
 import toy_speakers as ts
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
-from speakertune.der import diarization_error
-from speakertune.diarize import (
+from speakertune.diarization.der import diarization_error
+from speakertune.diarization.diarize import (
     DiarizationError,
     DiarizeConfig,
     affinity_matrix,
@@ -25,7 +25,7 @@ from speakertune.diarize import (
     energy_vad,
     sliding_windows,
 )
-from speakertune.rttm import RTTMError, Turn, read_rttm, write_rttm
+from speakertune.diarization.rttm import RTTMError, Turn, read_rttm, write_rttm
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 CFG = {"features": ts.FEATS, "model": {"name": "tdnn", "channels": 64, "out_channels": 128},
@@ -191,7 +191,7 @@ def test_diarization_beats_one_speaker_baseline(trained, tmp_path):
     assert diarization_error(ref, out_t.turns, collar=0.25).der < 0.5 * baseline
 
     # PLDA affinity from a backend fitted on training windows also finds the 3 speakers.
-    import speakertune.backends  # noqa: F401  (registers the backends)
+    import speakertune.scoring.backends  # noqa: F401  (registers the backends)
     from speakertune.registry import BACKENDS
 
     with torch.no_grad():

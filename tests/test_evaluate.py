@@ -19,8 +19,8 @@ from speakertune.checkpoint import save_checkpoint
 from speakertune.data.audio import load_audio
 from speakertune.data.manifest import read_manifest, write_manifest
 from speakertune.data.trials import write_trials
-from speakertune.evaluate import identify
-from speakertune.pipeline import extract_features
+from speakertune.frontend.pipeline import extract_features
+from speakertune.scoring.evaluate import identify
 from test_checkpoint import tiny_cfg, tiny_encoder
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "evaluate.py"

@@ -8,7 +8,7 @@ import torch
 import yaml
 from speakertune.config import resolve
 from speakertune.data.audio import load_audio
-from speakertune.features import FeatureError, build_feature, feature_dim, num_frames
+from speakertune.frontend.features import FeatureError, build_feature, feature_dim, num_frames
 from speakertune.registry import FEATURES, UnknownComponentError
 from torchaudio.compliance import kaldi
 

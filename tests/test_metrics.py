@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_curve, top_k_accuracy_score
-from speakertune import metrics as M
+from speakertune.scoring import metrics as M
 
 
 def sklearn_eer(scores: np.ndarray, labels: np.ndarray) -> float:

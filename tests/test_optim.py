@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 from speakertune.config import ConfigError
-from speakertune.optim import build_optimizer, build_scheduler, margin_factor
-from speakertune.precision import autocast, grad_scaler, resolve_amp
+from speakertune.train.optim import build_optimizer, build_scheduler, margin_factor
+from speakertune.train.precision import autocast, grad_scaler, resolve_amp
 
 
 def _opt(lr: float = 0.1, name: str = "sgd") -> torch.optim.Optimizer:

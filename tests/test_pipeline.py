@@ -10,8 +10,8 @@ import torch
 from speakertune.config import ConfigError, resolve
 from speakertune.data.audio import load_audio
 from speakertune.data.corpus import load_corpus
-from speakertune.features import build_feature
-from speakertune.pipeline import (
+from speakertune.frontend.features import build_feature
+from speakertune.frontend.pipeline import (
     FrontEnd,
     RandomCropCollate,
     build_train_dataset,
@@ -19,7 +19,7 @@ from speakertune.pipeline import (
     crop_frames,
     extract_features,
 )
-from speakertune.preprocess import bandpass
+from speakertune.frontend.preprocess import bandpass
 
 DATA = {"corpus": "synthetic", "speakers": 8, "utts_per_speaker": 4, "val_speakers": 2,
         "min_seconds": 0.5, "max_seconds": 1.0}  # fmt: skip

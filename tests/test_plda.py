@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
-from speakertune.backends import BackendError, CosineBackend, PLDABackend
 from speakertune.checkpoint import load_backend, save_backend
-from speakertune.metrics import eer
 from speakertune.registry import BACKENDS
+from speakertune.scoring.backends import BackendError, CosineBackend, PLDABackend
+from speakertune.scoring.metrics import eer
 
 
 def _spd(rng, d, scale):

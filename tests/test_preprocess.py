@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import signal
 from speakertune.data.audio import load_audio
-from speakertune.preprocess import (
+from speakertune.frontend.preprocess import (
     PreprocessError,
     Preprocessor,
     bandpass,

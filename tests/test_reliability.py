@@ -262,8 +262,8 @@ class _MeanEncoder(torch.nn.Module):
 
 
 def test_embedding_counts_every_kind_of_bad_audio_as_a_named_one_line_skip(tmp_path, caplog):
-    pytest.importorskip("speakertune.pipeline")
-    from speakertune.embeddings import embed_utterances
+    pytest.importorskip("speakertune.frontend.pipeline")
+    from speakertune.scoring.embed import embed_utterances
 
     bad = _bad_audio_files(tmp_path)
     rows = [(f"good{i}", str(tmp_path / f"good{i}.wav")) for i in range(3)]
@@ -272,7 +272,7 @@ def test_embedding_counts_every_kind_of_bad_audio_as_a_named_one_line_skip(tmp_p
     rows += [(utt, str(p)) for utt, p in bad.items()]
     df = pd.DataFrame(rows, columns=["utt", "uri"])
     cfg = resolve({"features": {"name": "fbank", "num_mel_bins": 16}})
-    caplog.set_level(logging.WARNING, logger="speakertune.embeddings")
+    caplog.set_level(logging.WARNING, logger="speakertune.scoring.embed")
     emb = embed_utterances(_MeanEncoder(16), df, cfg, batch_size=2)
     assert sorted(emb) == ["good0", "good1", "good2"]
     assert set(emb.skipped) == set(bad)

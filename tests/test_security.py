@@ -118,11 +118,11 @@ def s3_secret_corpus(s3_server, tmp_path):
 
 def test_secret_never_reaches_logs_output_or_files(s3_server, s3_secret_corpus, tmp_path,
                                                    caplog, capfd, monkeypatch):  # fmt: skip
-    pytest.importorskip("speakertune.pipeline")
+    pytest.importorskip("speakertune.frontend.pipeline")
     from speakertune.data.corpus import load_corpus
-    from speakertune.embeddings import embed_utterances
-    from speakertune.evaluate import evaluate
     from speakertune.models import build_encoder
+    from speakertune.scoring.embed import embed_utterances
+    from speakertune.scoring.evaluate import evaluate
 
     secret = s3_server.secret_key
     opts = s3_server.storage_options
@@ -226,8 +226,8 @@ def test_ray_dashboard_binds_to_localhost_by_default():
     no authentication, so every way the sweep starts or joins Ray binds it to loopback."""
     import ray
 
-    pytest.importorskip("speakertune.sweep")
-    from speakertune.sweep import ray_init_kwargs
+    pytest.importorskip("speakertune.search.sweep")
+    from speakertune.search.sweep import ray_init_kwargs
 
     accepted = set(inspect.signature(ray.init).parameters)
     local = ray_init_kwargs(None)

@@ -19,9 +19,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from speakertune import leaderboard as lb
-from speakertune import sweep
-from speakertune.space import load_space
+from speakertune.checkpoint import load_val_scores
+from speakertune.search import leaderboard as lb
+from speakertune.search import sweep
+from speakertune.search.space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,11 +141,11 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(
     assert (out / "leaderboard.md").read_text().count("\n| ") == 3  # header + 2 trials
     assert (out / "importances.md").is_file()
     assert (out / "det_top.png").read_bytes()[:4] == b"\x89PNG"
-    from speakertune.metrics import eer
+    from speakertune.scoring.metrics import eer
 
     for _, row in df.iterrows():  # the DET plots the trainer's own scores: the same EERs
         for name in ("cosine", "plda"):
-            scores, labels = lb.load_val_scores(str(row["checkpoint"]), name)
+            scores, labels = load_val_scores(str(row["checkpoint"]), name)
             assert math.isclose(eer(scores, labels)[0], row[f"val_eer_{name}"], rel_tol=1e-12)
     best = result.files["best"]
     assert best and (best / "model.pt").is_file() and (best / "backend_plda.npz").is_file()

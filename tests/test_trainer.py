@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
-from speakertune import trainer
+from speakertune.train import trainer
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -63,7 +63,7 @@ def test_reports_both_eers_every_epoch(crashed_run):
         assert h["train_steps"] == 24 // 2 // 4
         assert h["skipped_utterances"] == 0 and h["val_skipped_utterances"] == 0
     # Parameter count from an encoder built independently of the run.
-    from speakertune.features import feature_dim
+    from speakertune.frontend.features import feature_dim
     from speakertune.models import build_encoder, count_parameters
 
     enc = build_encoder(cfg["model"], cfg["pooling"], feature_dim(cfg), cfg["embed_dim"])
@@ -93,11 +93,11 @@ def _sklearn_eer(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_checkpoint_reload_reproduces_validation_eer(crashed_run):
-    from speakertune.backends import score_trials
     from speakertune.checkpoint import load_checkpoint
     from speakertune.data.corpus import load_corpus
-    from speakertune.metrics import eer
-    from speakertune.validation import embed_features, load_eval_features
+    from speakertune.scoring.backends import score_trials
+    from speakertune.scoring.metrics import eer
+    from speakertune.train.validation import embed_features, load_eval_features
 
     cfg, out = crashed_run
     ck = load_checkpoint(out["checkpoint"])
@@ -118,9 +118,9 @@ def test_checkpoint_reload_reproduces_validation_eer(crashed_run):
 def test_saved_validation_scores_give_the_reported_eers(crashed_run):
     """Each checkpoint carries its epoch's trial scores (what the sweep's DET plot shows): their
     EER is exactly the reported one for every kept epoch."""
+    from speakertune.checkpoint import VAL_SCORES, load_val_scores
     from speakertune.data.corpus import load_corpus
-    from speakertune.leaderboard import load_val_scores
-    from speakertune.metrics import eer
+    from speakertune.scoring.metrics import eer
 
     cfg, out = crashed_run
     by_epoch = {h["epoch"]: h for h in out["history"]}
@@ -129,7 +129,7 @@ def test_saved_validation_scores_give_the_reported_eers(crashed_run):
     labels_ref = load_corpus(cfg["data"]).trials["label"].to_numpy()
     for ck in ckpts:
         epoch = int(ck.name.rsplit("_", 1)[1])
-        with np.load(ck / trainer.VAL_SCORES, allow_pickle=False) as z:
+        with np.load(ck / VAL_SCORES, allow_pickle=False) as z:
             assert set(z.files) == {"labels", "scores_cosine", "scores_plda"}
             np.testing.assert_array_equal(z["labels"], labels_ref)
         for name in ("cosine", "plda"):

@@ -54,7 +54,7 @@ def utterance(spk: dict, seconds: float, rng: np.random.Generator) -> np.ndarray
 
 
 def features(wave: np.ndarray) -> torch.Tensor:
-    from speakertune.features import build_feature
+    from speakertune.frontend.features import build_feature
 
     return build_feature(FEATS)(torch.as_tensor(wave), SR)
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import yaml
 
-from speakertune.backends.base import Backend
 from speakertune.redact import redact_config
 from speakertune.registry import BACKENDS
+from speakertune.scoring.backends.base import Backend
 
 
 class CheckpointError(ValueError):
@@ -215,3 +215,27 @@ def load_checkpoint(
         train_state=train_state,
         metrics=metrics,
     )
+
+
+VAL_SCORES = "val_scores.npz"
+
+
+def save_val_scores(ckpt_dir: str | Path, scores: dict[str, Any], labels: Any) -> Path:
+    """The epoch's validation trial scores (``scores_<backend>``) and ``labels`` next to its
+    checkpoint, so that reports plot exactly the scores behind the reported EERs."""
+    arrays = {f"scores_{k}": np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    path = Path(ckpt_dir) / VAL_SCORES
+    np.savez(path, labels=np.asarray(labels, dtype=np.int64), **arrays)
+    return path
+
+
+def load_val_scores(ckpt: str, backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, labels)`` of ``backend`` saved with a checkpoint (local dir or URI)."""
+    from speakertune.data.storage import read_bytes
+
+    with np.load(io.BytesIO(read_bytes(f"{ckpt.rstrip('/')}/{VAL_SCORES}")),
+                 allow_pickle=False) as z:  # fmt: skip
+        key = f"scores_{backend}"
+        if key not in z.files:
+            raise ValueError(f"{ckpt}/{VAL_SCORES}: no {key} (has {', '.join(z.files)})")
+        return z[key], z["labels"]

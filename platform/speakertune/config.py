@@ -89,7 +89,10 @@ DEFAULTS: dict[str, Any] = {
         "val_backend": "best",  # best | cosine | plda
         "e2e_speakers": 16,  # N speakers x M utterances per batch for end-to-end losses
         "e2e_utts": 2,
-        "plda_utts": 1000,  # training utterances embedded each epoch to fit the PLDA backend
+        # training utterances embedded each epoch to fit PLDA: at least this many per speaker,
+        # from up to plda_utts // per_speaker speakers (bounded so the cached features fit)
+        "plda_utts": 8000,
+        "plda_utts_per_speaker": 4,
         "val_max_seconds": 6.0,
         "checkpoints_to_keep": 2,
         "fail_at_epoch": None,  # tests only: one worker exits in this epoch once

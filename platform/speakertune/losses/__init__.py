@@ -21,8 +21,7 @@ from speakertune.losses import (  # noqa: F401  (imported to register the losses
 )
 from speakertune.losses.episodes import EpisodeError
 from speakertune.losses.sampler import SpeakerBatchSampler
-from speakertune.models.options import build_checked
-from speakertune.registry import LOSSES
+from speakertune.registry import LOSSES, build_checked
 
 AUXILIARY = ("center", "ring")
 

@@ -23,8 +23,7 @@ from speakertune.models import (  # noqa: F401  (imported to register the encode
     resnet,
     tdnn,
 )
-from speakertune.models.options import build_checked
-from speakertune.registry import MODELS, POOLINGS
+from speakertune.registry import MODELS, POOLINGS, build_checked
 
 
 class SpeakerEncoder(nn.Module):

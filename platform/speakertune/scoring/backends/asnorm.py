@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from speakertune.backends.base import Backend, BackendError
+from speakertune.scoring.backends.base import Backend, BackendError
 
 _CHUNK = 2048  # rows per cohort score block, bounds memory to CHUNK x cohort floats
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from speakertune.checkpoint import load_val_scores
+
 METRIC_COLUMNS = (
     "val_eer",
     "val_eer_cosine",
@@ -230,21 +232,6 @@ def _best_backend(row: pd.Series) -> str:
     return "cosine"
 
 
-def load_val_scores(ckpt: str, backend: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, labels)`` of ``backend`` saved with a checkpoint (local dir or URI)."""
-    import io
-
-    from speakertune.data.storage import read_bytes
-    from speakertune.trainer import VAL_SCORES  # the trainer writes it next to each checkpoint
-
-    with np.load(io.BytesIO(read_bytes(f"{ckpt.rstrip('/')}/{VAL_SCORES}")),
-                 allow_pickle=False) as z:  # fmt: skip
-        key = f"scores_{backend}"
-        if key not in z.files:
-            raise ValueError(f"{ckpt}/{VAL_SCORES}: no {key} (has {', '.join(z.files)})")
-        return z[key], z["labels"]
-
-
 def det_top(
     df: pd.DataFrame, out_path: str | Path, *, top: int = 3, log: Any = print
 ) -> Path | None:
@@ -253,7 +240,7 @@ def det_top(
     These are the very scores the trainer's reported EERs come from, so curve and leaderboard
     agree by construction (re-scoring would embed utterances differently, e.g. other crops).
     """
-    from speakertune.plots import plot_det
+    from speakertune.scoring.plots import plot_det
 
     systems: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for _, row in df[df["checkpoint"].notna()].head(top).iterrows():

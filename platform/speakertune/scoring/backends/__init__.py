@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pandas as pd
 
-from speakertune.backends import cosine, plda  # noqa: F401  (registers the backends)
-from speakertune.backends.asnorm import ASNorm
-from speakertune.backends.base import Backend, BackendError
-from speakertune.backends.cosine import CosineBackend
-from speakertune.backends.plda import PLDABackend
+from speakertune.scoring.backends import cosine, plda  # noqa: F401  (registers the backends)
+from speakertune.scoring.backends.asnorm import ASNorm
+from speakertune.scoring.backends.base import Backend, BackendError
+from speakertune.scoring.backends.cosine import CosineBackend
+from speakertune.scoring.backends.plda import PLDABackend
 
 __all__ = [
     "ASNorm",

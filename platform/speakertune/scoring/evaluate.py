@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from speakertune.backends import ASNorm, Backend, enroll_ids, score_trials
-from speakertune.backends.base import length_norm
-from speakertune.metrics import identification_accuracy, verification_report
 from speakertune.registry import BACKENDS
+from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
+from speakertune.scoring.backends.base import length_norm
+from speakertune.scoring.metrics import identification_accuracy, verification_report
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def evaluate(
     from speakertune.checkpoint import load_checkpoint
     from speakertune.data.manifest import read_manifest
     from speakertune.data.trials import read_trials
-    from speakertune.embeddings import embed_utterances
+    from speakertune.scoring.embed import embed_utterances
 
     ckpt = load_checkpoint(checkpoint, map_location=device)
     cfg = ckpt.cfg
@@ -201,7 +201,7 @@ def evaluate(
 
 def _write_outputs(out: Path, result: EvalResult, emb: dict[str, np.ndarray],
                    spk_by_utt: dict[str, str], tsne: bool) -> None:
-    from speakertune.plots import plot_det, plot_tsne
+    from speakertune.scoring.plots import plot_det, plot_tsne
 
     out.mkdir(parents=True, exist_ok=True)
     labels = result.trials["label"].to_numpy()

@@ -77,16 +77,16 @@ def prepare(cfg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Load the corpus and build the training dataset: returns ``(meta, dataset)``, where
     ``meta`` is everything the workers need besides the config (small, pickled once)."""
     from speakertune.data.corpus import load_corpus
-    from speakertune.features import feature_dim
-    from speakertune.pipeline import build_train_dataset, num_classes_multiplier
-    from speakertune.validation import plda_sample
+    from speakertune.data.sampling import plda_sample
+    from speakertune.frontend.features import feature_dim
+    from speakertune.frontend.pipeline import build_train_dataset, num_classes_multiplier
 
     t = cfg["trainer"]
     corpus = load_corpus(cfg["data"])
     # Speed perturbation "as new speakers" widens the classifier (the front end decides).
     multiplier = int(num_classes_multiplier(cfg))
     seed = int(t.get("seed", 0))
-    sample = plda_sample(corpus.train, int(t.get("plda_utts", 1000)), seed)
+    sample = plda_sample(corpus.train, int(t["plda_utts"]), int(t["plda_utts_per_speaker"]), seed)
     trials = corpus.trials
     meta = {
         "num_classes": int(corpus.num_classes) * multiplier,
@@ -116,8 +116,8 @@ def _dry_build(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
     option fails here with its one-line message rather than inside every Ray worker."""
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
-    from speakertune.optim import build_optimizer, build_scheduler
-    from speakertune.precision import resolve_amp
+    from speakertune.train.optim import build_optimizer, build_scheduler
+    from speakertune.train.precision import resolve_amp
 
     enc = build_encoder(cfg["model"], cfg["pooling"], meta["feat_dim"], int(cfg["embed_dim"]))
     head = build_loss(cfg["loss"], int(cfg["embed_dim"]), meta["num_classes"])
@@ -288,7 +288,7 @@ def _batches(shard, cfg: dict[str, Any], meta: dict[str, Any], end_to_end: bool,
              rng: np.random.Generator, stats: dict[str, int]):
     """Yield ``(feats [B, T, F], labels [B])`` tensors for one epoch, each batch cropped to one
     random length (random-length egs)."""
-    from speakertune.pipeline import collate_random_crop, crop_frames
+    from speakertune.frontend.pipeline import collate_random_crop, crop_frames
 
     t = cfg["trainer"]
     lo, hi = crop_frames(cfg)
@@ -378,7 +378,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _load_validation_cache(cfg, meta, rank: int, world: int):
-    from speakertune.validation import load_eval_features
+    from speakertune.train.validation import load_eval_features
 
     max_s = cfg["trainer"].get("val_max_seconds", 6.0)
     opts = meta["storage_options"]
@@ -389,21 +389,9 @@ def _load_validation_cache(cfg, meta, rank: int, world: int):
     return parts
 
 
-VAL_SCORES = "val_scores.npz"
-
-
-def save_val_scores(ckpt_dir: str | Path, result: Any) -> Path:
-    """The epoch's validation trial scores (``scores_<backend>``) and ``labels`` next to its
-    checkpoint, so that reports plot exactly the scores behind the reported EERs."""
-    arrays = {f"scores_{k}": np.asarray(v, dtype=np.float64) for k, v in result.scores.items()}
-    path = Path(ckpt_dir) / VAL_SCORES
-    np.savez(path, labels=np.asarray(result.labels, dtype=np.int64), **arrays)
-    return path
-
-
 def _validate(net: SpeakerNet, cache, cfg, meta, dist: _Dist, rank: int, device, amp_ctx):
     """Embeddings on every worker, scoring on rank 0; every rank returns the same metrics."""
-    from speakertune.validation import embed_features, score_backends
+    from speakertune.train.validation import embed_features, score_backends
 
     local = {
         key: embed_features(net.encoder, part.feats, device=device, autocast=amp_ctx())
@@ -450,8 +438,8 @@ def run_epoch(
     """Train on ``batches`` (``(feats, labels)`` tensors) for one epoch; ``model`` is ``net``
     itself or its DDP wrapper. Returns this worker's sums: loss_sum, correct, count, steps."""
     from speakertune.models import apply_constraints
-    from speakertune.optim import margin_factor
-    from speakertune.precision import autocast
+    from speakertune.train.optim import margin_factor
+    from speakertune.train.precision import autocast
 
     dist = dist or _Dist(device)
     net.train()
@@ -495,12 +483,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from speakertune.checkpoint import load_checkpoint, save_checkpoint
+    from speakertune.checkpoint import load_checkpoint, save_checkpoint, save_val_scores
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder, count_parameters
-    from speakertune.optim import build_optimizer, build_scheduler, margin_factor
-    from speakertune.precision import autocast, grad_scaler, resolve_amp
     from speakertune.redact import install as install_redaction
+    from speakertune.train.optim import build_optimizer, build_scheduler, margin_factor
+    from speakertune.train.precision import autocast, grad_scaler, resolve_amp
 
     install_redaction()  # worker processes have their own log handlers
     cfg, meta = config["cfg"], config["meta"]
@@ -558,7 +546,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     total_steps = epochs * steps
     log = None
     if rank == 0 and meta.get("run_dir"):
-        from speakertune.tb import TrialLog
+        from speakertune.train.tensorboard import TrialLog
 
         log = TrialLog(Path(meta["run_dir"]) / "tensorboard")
 
@@ -622,7 +610,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_checkpoint(tmp, encoder=net.encoder, loss=net.loss, cfg=cfg,
                             num_classes=meta["num_classes"], feat_dim=meta["feat_dim"],
                             backends=result.backends, train_state=train_state, metrics=metrics)
-            save_val_scores(tmp, result)
+            save_val_scores(tmp, result.scores, result.labels)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
         last_report = time.monotonic()

@@ -25,10 +25,15 @@ import ray
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from speakertune.augment import Augmenter, fit_length, num_classes_multiplier, speed_perturb
 from speakertune.config import ConfigError
-from speakertune.features import build_feature, feature_dim, num_frames
-from speakertune.preprocess import Preprocessor
+from speakertune.frontend.augment import (
+    Augmenter,
+    fit_length,
+    num_classes_multiplier,
+    speed_perturb,
+)
+from speakertune.frontend.features import build_feature, feature_dim, num_frames
+from speakertune.frontend.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 

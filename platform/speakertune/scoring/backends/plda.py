@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from speakertune.backends.base import (
+from speakertune.registry import BACKENDS
+from speakertune.scoring.backends.base import (
     Backend,
     BackendError,
     as_matrix,
@@ -22,7 +23,6 @@ from speakertune.backends.base import (
     length_norm,
     scalar,
 )
-from speakertune.registry import BACKENDS
 
 log = logging.getLogger(__name__)
 _RIDGE = 1e-6  # keeps covariances invertible when a direction carries no variance

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
-from speakertune.metrics import eer_from_rates, error_rates  # noqa: E402
+from speakertune.scoring.metrics import eer_from_rates, error_rates  # noqa: E402
 
 _TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9]
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from speakertune.rttm import Turn
+from speakertune.diarization.rttm import Turn
 
 
 class DiarizationError(ValueError):
@@ -110,7 +110,7 @@ def feature_fn(cfg: dict[str, Any]) -> tuple[Callable[[np.ndarray, int], torch.T
     Only the feature extractor, not the whole evaluation front end: a VAD trim there would
     shift frames against the recording's clock.
     """
-    from speakertune.features import build_feature
+    from speakertune.frontend.features import build_feature
 
     fcfg = dict(cfg.get("features") or {"name": "fbank"})
     extract = build_feature(fcfg)

@@ -16,7 +16,7 @@ from typing import Any
 
 from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, resolve, set_dotted
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parents[3] / "search_spaces"
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 METRICS = (
@@ -30,16 +30,6 @@ METRICS = (
 )
 # Component sections whose ``name`` must exist in a registry (registry attribute name).
 COMPONENTS = {"model": "MODELS", "pooling": "POOLINGS", "loss": "LOSSES", "features": "FEATURES"}
-# Names from docs/architecture.md: used only when a component package is not importable yet,
-# so that validation still catches typos on a partial checkout.
-DOCUMENTED = {
-    "model": "tdnn etdnn ftdnn dtdnn aret ecapa_tdnn rescnn lstm attention_lstm resnet10 resnet18 "
-    "resnet34 resnet50 resnet101",
-    "pooling": "stats attentive_stats self_attentive ghostvlad",
-    "loss": "softmax a_softmax am_softmax aam_softmax center ring ge2e triplet contrastive "
-    "prototypical angular_prototypical",
-    "features": "fbank mfcc spectrogram",
-}
 RESOURCE_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker", "data_cpus", "use_gpu")
 # Keys a trainer accepts beyond DEFAULTS (resources can set them).
 EXTRA_KEYS = {"trainer": {"gpus_per_worker"}}
@@ -122,19 +112,11 @@ def _is_num(x: Any) -> bool:
 
 
 def _known_names(section: str) -> set[str]:
-    """Registered names of a component kind (documented names if its package is absent)."""
-    import importlib
-
+    """Registered names of a component kind."""
     from speakertune import registry
 
-    reg = getattr(registry, COMPONENTS[section])
-    pkg = {"model": "models", "pooling": "pooling", "loss": "losses", "features": "features"}
-    try:
-        importlib.import_module(f"speakertune.{pkg[section]}")
-    except ImportError:
-        pass
-    names = set(reg.names())
-    return names or set(DOCUMENTED[section].split())
+    registry.load_all()
+    return set(getattr(registry, COMPONENTS[section]).names())
 
 
 def _check_component(source: str, key: str, section: str, value: Any) -> None:
@@ -459,7 +441,7 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
     bad component option fails here, before Ray starts. Returns the number of configs built."""
     import optuna
 
-    from speakertune.features import feature_dim
+    from speakertune.frontend.features import feature_dim
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
 

@@ -60,7 +60,7 @@ class TrialLog:
         image to TensorBoard."""
         import matplotlib.image as mpimg
 
-        from speakertune.plots import plot_det
+        from speakertune.scoring.plots import plot_det
 
         png = Path(png)
         plot_det(systems, png)

@@ -28,9 +28,9 @@ from typing import Any
 import pandas as pd
 from ray.tune import Callback
 
-from speakertune import leaderboard as lb
 from speakertune.redact import redact_config, redact_text
-from speakertune.space import SearchSpace, SpaceSampler, trial_config
+from speakertune.search import leaderboard as lb
+from speakertune.search.space import SearchSpace, SpaceSampler, trial_config
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # what a Tune trial reserves for itself (bytes), no CPU
 TrainerFactory = Callable[..., Any]  # make_trainer(cfg, *, storage_path, name, callbacks, ...)
@@ -75,7 +75,7 @@ def absolute_data_paths(cfg: dict[str, Any], cwd: Path | None = None) -> dict[st
 
 def trial_resources(cfg: dict[str, Any]) -> dict[str, float]:
     try:
-        from speakertune.trainer import trial_resources as from_trainer
+        from speakertune.train.trainer import trial_resources as from_trainer
     except ImportError:  # same arithmetic as the trainer's contract
         t = cfg["trainer"]
         n = int(t["num_workers"])
@@ -130,7 +130,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
     cfg = trial_config(spec["base"], dict(config), spec["components"])
     factory = spec["factory"]
     if factory is None:
-        from speakertune.trainer import make_trainer as factory
+        from speakertune.train.trainer import make_trainer as factory
     trial_id = tune.get_context().get_trial_id()
     # A fixed Train run name per trial: a retried or resumed trial continues its own Train run
     # from that run's latest checkpoint instead of starting over.

@@ -36,7 +36,7 @@ class Embeddings(dict):
 def _features(row: Any, cfg: dict[str, Any], max_frames: int | None,
               storage_options: dict[str, Any] | None) -> torch.Tensor:
     from speakertune.data.audio import load_audio
-    from speakertune.pipeline import extract_features
+    from speakertune.frontend.pipeline import extract_features
 
     sr = int(cfg.get("data", {}).get("sample_rate", 16000))
     wave = load_audio(row.uri, sr, storage_options)

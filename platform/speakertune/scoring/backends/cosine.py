@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from speakertune.backends.base import Backend, BackendError, as_matrix, length_norm, scalar
 from speakertune.registry import BACKENDS
+from speakertune.scoring.backends.base import Backend, BackendError, as_matrix, length_norm, scalar
 
 
 @BACKENDS.register("cosine")

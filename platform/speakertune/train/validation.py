@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from speakertune import metrics
-from speakertune.backends import score_trials
 from speakertune.registry import BACKENDS
+from speakertune.scoring import metrics
+from speakertune.scoring.backends import score_trials
 
 log = logging.getLogger(__name__)
 P_TARGET = 0.01
@@ -50,7 +50,7 @@ def load_eval_features(
     the caller counts and reports them."""
     from speakertune.data.audio import load_audio
     from speakertune.data.errors import DataError
-    from speakertune.pipeline import extract_features
+    from speakertune.frontend.pipeline import extract_features
 
     sr = int(cfg["data"].get("sample_rate", 16000))
     shift_ms = float(cfg["features"].get("frame_shift", 10.0))
@@ -101,15 +101,6 @@ def embed_features(
     return out
 
 
-def plda_sample(train_df: pd.DataFrame, max_utts: int, seed: int) -> pd.DataFrame:
-    """Up to ``max_utts`` training utterances spread evenly over speakers (round robin), so the
-    PLDA sees as many speakers as possible; reproducible for a seed."""
-    shuffled = train_df.sample(frac=1.0, random_state=seed)
-    order = shuffled.groupby("spk", sort=True).cumcount()
-    picked = shuffled.assign(_round=order.values).sort_values(["_round", "spk"], kind="stable")
-    return picked.head(int(max_utts)).drop(columns="_round").reset_index(drop=True)
-
-
 @dataclass
 class ValidationResult:
     metrics: dict[str, float]
@@ -120,7 +111,7 @@ class ValidationResult:
 
 
 def usable_trials(trials: pd.DataFrame, known: set[str]) -> pd.DataFrame:
-    from speakertune.backends import enroll_ids
+    from speakertune.scoring.backends import enroll_ids
 
     ok = trials["test"].astype(str).isin(known) & trials["enroll"].astype(str).map(
         lambda e: all(u in known for u in enroll_ids(e))

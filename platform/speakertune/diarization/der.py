@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from speakertune.rttm import Turn
+from speakertune.diarization.rttm import Turn
 
 
 @dataclass

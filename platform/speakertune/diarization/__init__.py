@@ -1,0 +1,1 @@
+"""Speaker diarization: VAD, windowed embeddings, AHC, RTTM and DER."""

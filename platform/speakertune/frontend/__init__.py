@@ -1,0 +1,1 @@
+"""Front end: preprocessing, augmentation, features and the Ray Data training pipeline."""

@@ -1,0 +1,1 @@
+"""Scoring: embedding extraction, backends (cosine, PLDA, AS-norm), metrics, plots, evaluation."""

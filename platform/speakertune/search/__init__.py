@@ -1,0 +1,1 @@
+"""The sweep: search-space format, Ray Tune + Optuna, the leaderboard."""

@@ -1,0 +1,1 @@
+"""Training: the Ray Train driver, the per-worker loop, validation and progress."""
