@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from math import gcd
 from pathlib import Path
@@ -13,7 +14,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from speakertune.data.errors import AudioError, StorageError
-from speakertune.data.storage import read_bytes
+from speakertune.data.storage import has_scheme, read_bytes
 
 
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -35,12 +36,7 @@ def decode_audio(data: bytes, sample_rate: int, name: str) -> np.ndarray:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            short = _SHORT_DATA.search(f.extra_info)
-            if short and int(short[1]) not in _STREAMED:
-                raise AudioError(
-                    f"{name}: truncated (header declares {short[1]} bytes of samples, "
-                    f"file holds {short[2]})"
-                )
+            _check_complete(f.extra_info, name)
             wave, sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except sf.LibsndfileError as exc:
         raise AudioError(f"{name}: corrupt or unsupported audio ({exc.error_string})") from None
@@ -65,18 +61,34 @@ def load_audio(
     return decode_audio(data, sample_rate, str(uri))
 
 
+def _check_complete(extra_info: str, name: str) -> None:
+    short = _SHORT_DATA.search(extra_info)
+    if short and int(short[1]) not in _STREAMED:
+        raise AudioError(
+            f"{name}: truncated (header declares {short[1]} bytes of samples, "
+            f"file holds {short[2]})"
+        )
+
+
 def audio_info(uri: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[float, int]:
-    """``(duration_s, sample_rate)`` from the header, without decoding the samples."""
+    """``(duration_s, sample_rate)`` from the header, without decoding the samples; missing,
+    empty, corrupt, truncated and zero-length files raise ``AudioError`` naming ``uri`` once."""
+    local = not has_scheme(str(uri))
     try:
-        data = read_bytes(uri, storage_options)
+        if local and not os.path.exists(uri):
+            raise AudioError(f"{uri}: file not found")
+        data = None if local else read_bytes(uri, storage_options)
     except StorageError as exc:
         raise AudioError(str(exc)) from None
-    if not data:
+    if (os.path.getsize(uri) if local else len(data)) == 0:
         raise AudioError(f"{uri}: empty file (0 bytes)")
     try:
-        info = sf.info(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        info = sf.info(str(uri) if local else io.BytesIO(data))
+    except sf.LibsndfileError as exc:  # its str() repeats the path; error_string does not
+        raise AudioError(f"{uri}: corrupt or unsupported audio ({exc.error_string})") from None
+    except (RuntimeError, ValueError, OSError) as exc:
         raise AudioError(f"{uri}: corrupt or unsupported audio ({exc})") from None
+    _check_complete(info.extra_info, str(uri))
     if info.frames <= 0:
         raise AudioError(f"{uri}: zero-length audio (no samples)")
     return info.frames / info.samplerate, int(info.samplerate)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import soundfile as sf
 from speakertune.data.audio import audio_info, load_audio
 from speakertune.data.errors import AudioError, ManifestError
 from speakertune.data.manifest import validate_manifest, write_manifest
-from speakertune.data.storage import has_scheme, resolve_uri
+from speakertune.data.storage import resolve_uri
 from speakertune.data.summary import write_summary
 from speakertune.data.trials import check_trials, read_trials, write_trials
 
@@ -67,46 +68,75 @@ def _unique_map(rows: list[list[str]], path: Path) -> dict[str, list[str]]:
 
 
 def probe_durations(
-    df: pd.DataFrame, where: list[str], storage_options: dict[str, Any] | None = None
+    df: pd.DataFrame,
+    where: list[str],
+    storage_options: dict[str, Any] | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+    min_seconds: float = 0.0,
 ) -> pd.DataFrame:
-    """Fill ``duration_s``/``sample_rate`` from audio headers; errors add ``where[i]``
-    (the file:line the row came from) to the audio error."""
+    """Fill ``duration_s``/``sample_rate`` from audio headers (8 threads: object stores).
 
-    def one(i: int) -> tuple[float, int]:
+    A missing, corrupt, empty, truncated or too-short file raises ``AudioError`` naming
+    ``where[i]`` (the file:line the row came from), or, when a ``skipped`` list is given, is
+    appended to it as ``(where, reason)`` and dropped: Kaldi's skip-count-go-on for big corpora.
+    """
+
+    def one(i: int) -> tuple[float, int] | str:
         uri = df["uri"].iat[i]
         try:
-            if has_scheme(uri):
-                return audio_info(uri, storage_options)
-            info = sf.info(uri)
-            if info.frames <= 0:
-                raise AudioError(f"{uri}: zero-length audio (no samples)")
-            return info.frames / info.samplerate, int(info.samplerate)
+            dur, sr = audio_info(uri, storage_options)
         except AudioError as exc:
-            raise AudioError(f"{where[i]}: {exc}") from None
-        except FileNotFoundError:
-            raise AudioError(f"{where[i]}: {uri}: file not found") from None
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            if not os.path.exists(uri):
-                raise AudioError(f"{where[i]}: {uri}: file not found") from None
-            raise AudioError(f"{where[i]}: {uri}: corrupt or unsupported audio ({exc})") from None
+            msg = str(exc)
+        else:
+            if dur >= min_seconds:
+                return dur, sr
+            msg = f"{uri}: too short ({dur:.2f} s < {min_seconds:g} s)"
+        full = msg if msg.startswith(f"{where[i]}: ") else f"{where[i]}: {msg}"  # path once
+        if skipped is None:
+            raise AudioError(full)
+        return full[len(where[i]) + 2 :]
 
     info = []
-    with ThreadPoolExecutor(8) as pool:  # header reads are I/O bound (object stores!)
-        for i, item in enumerate(pool.map(one, range(len(df))), start=1):
+    with ThreadPoolExecutor(8) as pool, _progress(len(df), "audio headers") as tick:
+        for item in pool.map(one, range(len(df))):
             info.append(item)
-            if len(df) >= 5000 and (i % (len(df) // 10) == 0):  # big corpora: show progress
-                print(f"[prepare] read {i}/{len(df)} audio headers", file=sys.stderr, flush=True)
-    df = df.copy()
-    df["duration_s"] = [d for d, _ in info]
-    df["sample_rate"] = [r for _, r in info]
-    return df
+            tick()
+    bad = [i for i, x in enumerate(info) if isinstance(x, str)]
+    if skipped is not None:
+        skipped.extend((where[i], info[i]) for i in bad)
+    keep = [i for i, x in enumerate(info) if not isinstance(x, str)]
+    df = df.iloc[keep].copy()
+    df["duration_s"] = [info[i][0] for i in keep]
+    df["sample_rate"] = [info[i][1] for i in keep]
+    return df.reset_index(drop=True)
 
 
-def read_kaldi(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+@contextmanager
+def _progress(total: int, what: str, every_s: float = 5.0):
+    """A progress line every few seconds for big corpora (count, rate, time left)."""
+    state = {"n": 0, "last": time.monotonic()}
+    start = state["last"]
+
+    def tick() -> None:
+        state["n"] += 1
+        now = time.monotonic()
+        if total >= 2000 and (now - state["last"] >= every_s or state["n"] == total):
+            rate = state["n"] / max(now - start, 1e-9)
+            left = (total - state["n"]) / max(rate, 1e-9)
+            print(f"[prepare] {what}: {state['n']:,}/{total:,} ({rate:,.0f}/s, "
+                  f"{left:,.0f} s left)", file=sys.stderr, flush=True)
+            state["last"] = now
+
+    yield tick
+
+
+def read_kaldi(
+    data_dir: str | Path, skipped: list[tuple[str, str]] | None = None, min_seconds: float = 0.0
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """A Kaldi data dir: ``wav.scp`` + ``utt2spk`` (or ``spk2utt``), optional ``segments``
-    and ``trials``. Durations always come from the audio headers (this validates the audio).
-    With ``segments`` rows carry ``offset_s`` (see ``materialize_segments``). Piped
-    ``wav.scp`` commands are not supported."""
+    and ``trials``. Durations always come from the audio headers (this validates the audio;
+    ``skipped``: see ``probe_durations``). With ``segments`` rows carry ``offset_s`` (see
+    ``materialize_segments``). Piped ``wav.scp`` commands are not supported."""
     d = Path(data_dir)
     scp_path = d / "wav.scp"
     wav = _unique_map(read_table(scp_path, 2), scp_path)
@@ -130,7 +160,7 @@ def read_kaldi(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]
     else:
         raise ManifestError(f"{d}: neither utt2spk nor spk2utt found")
 
-    records, where = [], []
+    records = []
     if (d / "segments").exists():
         seg_path = d / "segments"
         for seg, (rec, start, end, line) in _unique_map(
@@ -153,28 +183,28 @@ def read_kaldi(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]
         if r["utt"] not in utt2spk:
             raise ManifestError(f"{r['line']}: utterance {r['utt']!r} has no speaker in utt2spk")
         r["spk"] = utt2spk[r["utt"]]
-    df = pd.DataFrame(records)
-    where = df.pop("line").tolist()
-    seg_dur = df["duration_s"].copy() if "duration_s" in df else None
-    df = probe_durations(df, where)
-    if seg_dur is not None:
-        too_long = (
-            seg_dur.to_numpy() + df["offset_s"].to_numpy() > df["duration_s"].to_numpy() + 0.01
-        )
+    df = pd.DataFrame(records).rename(columns={"duration_s": "seg_s"})
+    listed = df["utt"].tolist()
+    df = probe_durations(df, df["line"].tolist(), skipped=skipped, min_seconds=min_seconds)
+    if "seg_s" in df:
+        too_long = df["seg_s"] + df["offset_s"] > df["duration_s"] + 0.01
         if too_long.any():
-            i = int(np.flatnonzero(too_long)[0])
+            i = int(np.flatnonzero(too_long.to_numpy())[0])
             raise ManifestError(
-                f"{where[i]}: segment ends after its recording ({df['uri'].iat[i]})"
+                f"{df['line'].iat[i]}: segment ends after its recording ({df['uri'].iat[i]})"
             )
-        df["duration_s"] = seg_dur
+        df["duration_s"] = df["seg_s"]
     cols = ["utt", "spk", "uri", "duration_s", "sample_rate"]
     df = validate_manifest(df[cols + (["offset_s"] if "offset_s" in df else [])], str(scp_path))
-    trials = read_trials(d / "trials", known_utts=df["utt"]) if (d / "trials").exists() else None
-    return df, trials
+    trials_path = d / "trials" if (d / "trials").exists() else None
+    return df, _trials(trials_path, df["utt"], listed, skipped)
 
 
 def read_voxceleb(
-    root: str | Path, trials_path: str | Path | None = None
+    root: str | Path,
+    trials_path: str | Path | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+    min_seconds: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """VoxCeleb layout ``root/<spk>/<video>/<nnnnn>.wav`` (or .flac). Utterance ids are the
     paths relative to ``root`` (``id10270/x6uYqmx31kE/00001.wav``), which is what the
@@ -191,13 +221,16 @@ def read_voxceleb(
         {"utt": rel, "spk": [p[0] for p in parts], "video": [p[1] for p in parts],
          "uri": [str(p) for p in files]}
     )  # fmt: skip
-    df = validate_manifest(probe_durations(df, [str(p) for p in files]), str(root))
-    trials = read_trials(trials_path, known_utts=df["utt"]) if trials_path else None
-    return df, trials
+    df = probe_durations(df, [str(p) for p in files], skipped=skipped, min_seconds=min_seconds)
+    df = validate_manifest(df, str(root))
+    return df, _trials(trials_path, df["utt"], rel, skipped)
 
 
 def read_csv(
-    path: str | Path, trials_path: str | Path | None = None
+    path: str | Path,
+    trials_path: str | Path | None = None,
+    skipped: list[tuple[str, str]] | None = None,
+    min_seconds: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """A CSV with header ``utt,spk,uri[,duration_s,sample_rate,...]``; relative URIs are
     relative to the CSV's directory. Missing durations are read from the audio headers."""
@@ -238,10 +271,25 @@ def read_csv(
                 i = int(bad.to_numpy().argmax())
                 raise ManifestError(f"{where[i]}: {col} is not a number: {df[col].iat[i]!r}")
     else:
-        df = probe_durations(df, where)
+        df = probe_durations(df, where, skipped=skipped, min_seconds=min_seconds)
+    listed = [r["utt"] for r in records]
     df = validate_manifest(df, str(path))
-    trials = read_trials(trials_path, known_utts=df["utt"]) if trials_path else None
-    return df, trials
+    return df, _trials(trials_path, df["utt"], listed, skipped)
+
+
+def _trials(
+    path: str | Path | None, kept: pd.Series, listed: list[str], skipped: list | None
+) -> pd.DataFrame | None:
+    """Read a trial list checked against every listed utterance; trials that name a skipped
+    file are dropped and counted (one ``skipped`` entry for the list)."""
+    if path is None:
+        return None
+    trials = read_trials(path, known_utts=listed)
+    keep = set(kept)
+    ok = trials["enroll"].isin(keep) & trials["test"].isin(keep)
+    if not ok.all() and skipped is not None:
+        skipped.append((str(path), f"{int((~ok).sum())} trial(s) dropped: they name skipped files"))
+    return trials[ok].reset_index(drop=True)
 
 
 def materialize_segments(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
@@ -265,12 +313,20 @@ def materialize_segments(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
 
 
 def write_corpus(
-    df: pd.DataFrame, trials: pd.DataFrame | None, out_dir: str | Path
+    df: pd.DataFrame,
+    trials: pd.DataFrame | None,
+    out_dir: str | Path,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> tuple[Path, Path | None]:
-    """Write ``out_dir/manifest.parquet`` (+ ``out_dir/trials.txt``) and a summary table and
-    plot (``summary.md``, ``durations.png``); returns the manifest and trials paths."""
+    """Write ``out_dir/manifest.parquet`` (+ ``out_dir/trials.txt``), a summary table and
+    plot (``summary.md``, ``durations.png``) and ``skipped.tsv`` (where, reason) when files were
+    skipped; returns the manifest and trials paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "skipped.tsv").unlink(missing_ok=True)  # never a stale list from an earlier run
+    if skipped:
+        lines = ["where\treason"] + [f"{w}\t{r}" for w, r in skipped]
+        (out_dir / "skipped.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     manifest = out_dir / "manifest.parquet"
     write_manifest(df, manifest)
     trials_out = None
