@@ -218,7 +218,7 @@ def read_voxceleb(
     rel = [p.relative_to(root).as_posix() for p in files]
     parts = [r.split("/") for r in rel]
     df = pd.DataFrame(
-        {"utt": rel, "spk": [p[0] for p in parts], "video": [p[1] for p in parts],
+        {"utt": rel, "spk": [p[0] for p in parts], "session": [p[1] for p in parts],
          "uri": [str(p) for p in files]}
     )  # fmt: skip
     df = probe_durations(df, [str(p) for p in files], skipped=skipped, min_seconds=min_seconds)

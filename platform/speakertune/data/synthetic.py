@@ -1,14 +1,18 @@
-"""The built-in synthetic corpus: espeak-ng speakers, a noise bank and a simulated RIR bank.
+"""The built-in synthetic corpus: espeak-ng speakers recorded in several sessions, each through
+its own channel, plus a noise bank and a simulated RIR bank for augmentation.
 
 Speaker identity = a base espeak voice (language accent + voice variant, shared by several
 speakers so the task is not trivial) plus fixed pitch, pitch range, speaking rate and a
 vocal-tract-length factor ``alpha`` applied by resampling (formants and pitch scale by alpha).
 Each utterance is 2-3 sentences from a built-in pool with small per-utterance jitter of those
-parameters and of the gain, written as 16 kHz FLAC.
+parameters. A speaker's utterances are split into ``sessions``; each session has its own
+channel (``channels.py``: room, noise type and SNR, microphone band and tilt), as each video of
+a VoxCeleb speaker does, so trials cross channels. Written as 16 kHz FLAC.
 
 Layout under ``root`` (manifests use root-relative URIs, see ``manifest.py``)::
 
     wav/<spk>/<utt>.flac  manifest.parquet  trials.txt  speakers.csv  summary.md  durations.png
+    channels/room_*.flac                  (the session channels' rooms, not for augmentation)
     noise/*.flac noise/manifest.parquet   (category: noise | music | speech)
     rir/*.flac   rir/manifest.parquet     (columns rt60 target, rt60_measured, room)
     .complete.json                        (written last; absent => half-built => rebuilt)
@@ -33,6 +37,7 @@ import pandas as pd
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from speakertune.data.channels import apply_channel, draw_channel
 from speakertune.data.errors import DataError
 from speakertune.data.manifest import write_manifest
 from speakertune.data.sentences import SENTENCES
@@ -41,12 +46,14 @@ from speakertune.data.summary import write_summary
 from speakertune.data.trials import write_trials
 
 SAMPLE_RATE = 16000
-VERSION = 1
+VERSION = 2  # 2: sessions with their own channels
 _ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
 _VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 N_BASE_VOICES = 12  # 100 speakers -> ~8 speakers per base voice
 BABBLE_SPEAKERS = 6  # held-out speakers (never in the corpus) for babble noise
 CLIP_SECONDS = 6.0
+SESSIONS = 4  # per speaker (VoxCeleb1: ~18 videos per speaker)
+CHANNEL_ROOMS = 24
 
 
 def base_voices(seed: int) -> list[str]:
@@ -94,28 +101,32 @@ def synth_utterance(profile: dict[str, Any], rng: np.random.Generator) -> np.nda
     return out.astype(np.float32)
 
 
-def _speaker_job(args: tuple[int, int, int, str, str]) -> list[dict[str, Any]]:
-    index, utts, seed, root, subdir = args
+def _speaker_job(args: tuple[int, int, int, int, str, str]) -> list[dict[str, Any]]:
+    index, utts, sessions, seed, root, subdir = args
     profile = speaker_profile(index, seed)
+    rooms = sorted((Path(root) / "channels").glob("room_*.flac"))
     rows = []
     for u in range(utts):
+        session = u * sessions // utts  # contiguous blocks: utterances of one "video"
+        channel = draw_channel(np.random.default_rng([seed, 5, index, session]), len(rooms))
         rng = np.random.default_rng([seed, 2, index, u])
-        wave = synth_utterance(profile, rng)
+        clean = synth_utterance(profile, rng)
+        rir = sf.read(rooms[channel.room], dtype="float32")[0] if channel.room is not None else None
+        noise = _noise(channel.noise, len(clean), np.random.default_rng([seed, 6, index, u]))
+        wave = apply_channel(clean, channel, rir, noise, SAMPLE_RATE)
         utt = f"{profile['spk']}-u{u:03d}"
         path = Path(root) / subdir / profile["spk"] / f"{utt}.flac"
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        rows.append(
-            {
-                "utt": utt,
-                "spk": profile["spk"],
-                "uri": str(path),
-                "duration_s": len(wave) / SAMPLE_RATE,
-                "sample_rate": SAMPLE_RATE,
-                "voice": profile["voice"],
-            }
-        )
+        rows.append({"utt": utt, "spk": profile["spk"], "uri": str(path),
+                     "duration_s": len(wave) / SAMPLE_RATE, "sample_rate": SAMPLE_RATE,
+                     "voice": profile["voice"], "session": f"{profile['spk']}-s{session}",
+                     "channel": channel.describe()})  # fmt: skip
     return rows
+
+
+def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    return harmonic_music(n, rng) if kind == "music" else colored_noise(kind, n, rng)
 
 
 def colored_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -193,13 +204,14 @@ def simulate_rir(rt60: float, rng: np.random.Generator) -> tuple[np.ndarray, flo
     return h / np.abs(h).max(), measured, dims.round(2).tolist()
 
 
-def _rir_job(args: tuple[int, int, str]) -> dict[str, Any]:
-    i, seed, root = args
-    rng = np.random.default_rng([seed, 4, i])
+def _rir_job(args: tuple[int, int, str, str]) -> dict[str, Any]:
+    i, seed, root, subdir = args
+    stream = 4 if subdir == "rir" else 8  # the channel rooms are other rooms than the bank's
+    rng = np.random.default_rng([seed, stream, i])
     rt60 = float(rng.uniform(0.2, 0.8))
     h, measured, dims = simulate_rir(rt60, rng)
-    name = f"rir_{i:03d}"
-    path = Path(root) / "rir" / f"{name}.flac"
+    name = f"{'rir' if subdir == 'rir' else 'room'}_{i:03d}"
+    path = Path(root) / subdir / f"{name}.flac"
     sf.write(path, h.astype(np.float32), SAMPLE_RATE, format="FLAC", subtype="PCM_24")
     return {"utt": name, "spk": "room", "uri": str(path), "duration_s": len(h) / SAMPLE_RATE,
             "sample_rate": SAMPLE_RATE, "rt60": rt60, "rt60_measured": measured,
@@ -225,18 +237,29 @@ def ensure_synthetic_corpus(
     ``rirs`` defaults to ``default_rirs(speakers)`` (20 for the default 100 speakers)."""
     if speakers < 4 or utts < 2:
         raise DataError(f"synthetic corpus: need speakers >= 4, utts >= 2; got {speakers}x{utts}")
-    root = Path(root).absolute()
     rirs = default_rirs(speakers) if rirs is None else rirs
-    params = {"speakers": speakers, "utts": utts, "seed": seed, "rirs": rirs, "version": VERSION}
+    params = {"speakers": speakers, "utts": utts, "sessions": min(SESSIONS, utts), "seed": seed,
+              "rirs": rirs, "version": VERSION}  # fmt: skip
+    return _ensure(Path(root).absolute(), params, workers, progress or (lambda _m: None))
+
+
+def ensure_builtin_banks(root: str | Path, seed: int = 0, rirs: int = 20) -> Path:
+    """Only the noise and RIR banks of the built-in corpus (``root/noise``, ``root/rir``), for
+    augmenting any corpus; cached like the corpus."""
+    params = {"banks_only": True, "seed": seed, "rirs": rirs, "version": VERSION}
+    return _ensure(Path(root).expanduser().absolute(), params, None, _stderr_progress)
+
+
+def _ensure(root: Path, params: dict[str, Any], workers: int | None,
+            progress: Callable[[str], None]) -> Path:
     marker = root / ".complete.json"
     if _complete(marker, params):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent builder finishes first; then reuse it
-        if _complete(marker, params):
-            return root
-        _build(root, params, workers, progress or (lambda _m: None))
+        if not _complete(marker, params):
+            _build(root, params, workers, progress)
     return root
 
 
@@ -254,35 +277,53 @@ def _build(
         if any(root.iterdir()) and not (root / ".synthetic").exists():
             raise DataError(f"{root}: exists and is not a synthetic corpus; refusing to overwrite")
         shutil.rmtree(root)
-    for sub in ("wav", "noise", "rir"):
+    for sub in ("wav", "noise", "rir", "channels"):
         (root / sub).mkdir(parents=True)
     (root / ".synthetic").write_text("built by speakertune.data.synthetic\n")
-    seed, n_spk, n_utt = params["seed"], params["speakers"], params["utts"]
     t0 = time.perf_counter()
-    progress(f"building {n_spk} speakers x {n_utt} utterances under {root}")
+    n_spk = params.get("speakers", 0)
     if workers is None:  # small corpora: starting worker processes costs more than it saves
-        workers = 1 if n_spk * n_utt <= 400 else min(len(os.sched_getaffinity(0)), 8)
-    rows: list[dict[str, Any]] = []
+        small = n_spk * params.get("utts", 0) <= 400
+        workers = 1 if small else min(len(os.sched_getaffinity(0)), 8)
     # spawn, not fork: callers may hold threads (Ray, torch) that fork would copy half-locked.
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
     pmap = pool.map if pool else map
     try:
-        kinds = ["white", "pink", "brown"] * 2 + ["music"] * 4 + ["babble"] * 6
-        noise_fut = pmap(_noise_job, [(i, k, seed, str(root)) for i, k in enumerate(kinds)])
-        rir_fut = pmap(_rir_job, [(i, seed, str(root)) for i in range(params["rirs"])])
-        jobs = [(i, n_utt, seed, str(root), "wav") for i in range(n_spk)]
-        for done, spk_rows in enumerate(pmap(_speaker_job, jobs), start=1):
-            rows.extend(spk_rows)
-            if done % max(1, n_spk // 10) == 0 or done == n_spk:
-                progress(f"{done}/{n_spk} speakers ({time.perf_counter() - t0:.1f}s)")
-        noise_rows, rir_rows = list(noise_fut), list(rir_fut)
+        _build_banks(root, params, pmap, progress)
+        if n_spk:
+            _build_speakers(root, params, pmap, progress, t0)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+    (root / ".complete.json").write_text(json.dumps(params))  # last: marks the corpus usable
+    progress(f"done in {time.perf_counter() - t0:.1f}s")
+
+
+def _build_banks(root: Path, params: dict[str, Any], pmap: Callable, progress: Callable) -> None:
+    seed = params["seed"]
+    progress(f"building the noise and RIR banks under {root}")
+    kinds = ["white", "pink", "brown"] * 2 + ["music"] * 4 + ["babble"] * 6
+    noise_rows = pmap(_noise_job, [(i, k, seed, str(root)) for i, k in enumerate(kinds)])
+    rir_rows = pmap(_rir_job, [(i, seed, str(root), "rir") for i in range(params["rirs"])])
+    rooms = CHANNEL_ROOMS if params.get("speakers") else 0
+    list(pmap(_rir_job, [(i, seed, str(root), "channels") for i in range(rooms)]))
+    write_manifest(pd.DataFrame(list(noise_rows)), root / "noise" / "manifest.parquet")
+    write_manifest(pd.DataFrame(list(rir_rows)), root / "rir" / "manifest.parquet")
+
+
+def _build_speakers(root: Path, params: dict[str, Any], pmap: Callable, progress: Callable,
+                    t0: float) -> None:
+    seed, n_spk, n_utt = params["seed"], params["speakers"], params["utts"]
+    progress(f"building {n_spk} speakers x {n_utt} utterances in {params['sessions']} "
+             f"sessions under {root}")
+    rows: list[dict[str, Any]] = []
+    jobs = [(i, n_utt, params["sessions"], seed, str(root), "wav") for i in range(n_spk)]
+    for done, spk_rows in enumerate(pmap(_speaker_job, jobs), start=1):
+        rows.extend(spk_rows)
+        if done % max(1, n_spk // 10) == 0 or done == n_spk:
+            progress(f"{done}/{n_spk} speakers ({time.perf_counter() - t0:.1f}s)")
     df = pd.DataFrame(rows)
     write_manifest(df, root / "manifest.parquet")
-    write_manifest(pd.DataFrame(noise_rows), root / "noise" / "manifest.parquet")
-    write_manifest(pd.DataFrame(rir_rows), root / "rir" / "manifest.parquet")
     pd.DataFrame([speaker_profile(i, seed) for i in range(n_spk)]).to_csv(
         root / "speakers.csv", index=False
     )
@@ -290,8 +331,6 @@ def _build(
     trials = make_trials(val, 2000, seed)
     write_trials(trials, root / "trials.txt")
     write_summary(df, trials, root, "Synthetic corpus")
-    (root / ".complete.json").write_text(json.dumps(params))  # last: marks the corpus usable
-    progress(f"done in {time.perf_counter() - t0:.1f}s")
 
 
 def default_rirs(speakers: int) -> int:
