@@ -1,21 +1,18 @@
-"""Corpus readers (Kaldi, VoxCeleb, CSV) on small fixtures, bad input, and jobs/prepare.py."""
+"""Corpus readers (Kaldi, VoxCeleb, CSV) on small fixtures, bad input, and `speakertune prepare`."""
 
 from __future__ import annotations
 
-import runpy
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import soundfile as sf
+from speakertune.commands import prepare
 from speakertune.data.errors import AudioError, ManifestError, TrialsError
 from speakertune.data.manifest import read_manifest
 from speakertune.data.readers import materialize_segments, read_csv, read_kaldi, read_voxceleb
 from speakertune.data.trials import read_trials
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wav(path: Path, seconds: float, sr: int = 16000, seed: int = 0) -> Path:
@@ -140,21 +137,14 @@ def test_csv_reader(tmp_path):
         read_csv(csv)
 
 
-def _prepare(argv: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["prepare.py", *argv])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(str(ROOT / "jobs" / "prepare.py"), run_name="__main__")
-    return done.value.code
-
-
-def test_prepare_job_writes_manifest_and_trials(tmp_path, monkeypatch, capsys):
+def test_prepare_job_writes_manifest_and_trials(tmp_path, capsys):
     root = _voxceleb(tmp_path)
     (tmp_path / "veri.txt").write_text(
         "1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav\n"
     )
     out = tmp_path / "prepared"
-    code = _prepare(["voxceleb", str(root), "--trials", str(tmp_path / "veri.txt"),
-                     "--out", str(out)], monkeypatch)  # fmt: skip
+    code = prepare.main(["voxceleb", str(root), "--trials", str(tmp_path / "veri.txt"),
+                         "--out", str(out)])  # fmt: skip
     assert code == 0
     df = read_manifest(out / "manifest.parquet")
     assert len(df) == 3 and all(Path(u).exists() for u in df["uri"])
@@ -166,6 +156,6 @@ def test_prepare_job_writes_manifest_and_trials(tmp_path, monkeypatch, capsys):
     assert f"| hours | {hours:.2f} |" in summary and "| trials_target | 1 |" in summary
     image = plt.imread(out / "durations.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.05
-    code = _prepare(["csv", str(tmp_path / "missing.csv"), "--out", str(out)], monkeypatch)
+    code = prepare.main(["csv", str(tmp_path / "missing.csv"), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "missing.csv: file not found" in err

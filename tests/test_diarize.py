@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import runpy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import torch
 import toy_speakers as ts
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
+from speakertune.commands import diarize as diarize_command
 from speakertune.diarization.der import diarization_error
 from speakertune.diarization.diarize import (
     DiarizationError,
@@ -27,7 +26,6 @@ from speakertune.diarization.diarize import (
 )
 from speakertune.diarization.rttm import RTTMError, Turn, read_rttm, write_rttm
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 CFG = {"features": ts.FEATS, "model": {"name": "tdnn", "channels": 64, "out_channels": 128},
        "pooling": {"name": "stats"}, "embed_dim": 32, "loss": {"name": "softmax"}}
 
@@ -206,7 +204,7 @@ def test_diarization_beats_one_speaker_baseline(trained, tmp_path):
 
 
 def test_diarize_job_writes_rttm_der_and_plot(trained, tmp_path):
-    """jobs/diarize.py end to end from a saved checkpoint on a 2-speaker recording."""
+    """`speakertune diarize` end to end from a saved checkpoint on a 2-speaker recording."""
     from speakertune.checkpoint import save_checkpoint
 
     enc, head, speakers, _, _ = trained
@@ -216,8 +214,7 @@ def test_diarize_job_writes_rttm_der_and_plot(trained, tmp_path):
     out_dir = tmp_path / "out"
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really audio")
-    job = runpy.run_path(str(JOBS / "diarize.py"), run_name="diarize_job")
-    assert job["main"]([
+    assert diarize_command.main([
         "--checkpoint", str(ckpt), "--audio", str(wav), str(broken), "--out", str(out_dir),
         "--window", "1.0", "--hop", "0.5", "--num-speakers", "2",
         "--reference", str(tmp_path / "rec2.rttm")]) == 0

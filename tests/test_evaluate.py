@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +13,7 @@ import soundfile as sf
 import torch
 from sklearn.metrics import roc_curve
 from speakertune.checkpoint import save_checkpoint
+from speakertune.commands import evaluate as evaluate_command
 from speakertune.data.audio import load_audio
 from speakertune.data.manifest import read_manifest, write_manifest
 from speakertune.data.trials import write_trials
@@ -23,7 +21,6 @@ from speakertune.frontend.pipeline import extract_features
 from speakertune.scoring.evaluate import identify
 from test_checkpoint import tiny_cfg, tiny_encoder
 
-JOB = Path(__file__).resolve().parents[1] / "jobs" / "evaluate.py"
 SR = 16000
 
 
@@ -72,17 +69,8 @@ def corpus(tmp_path_factory):
 
 def run_job(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = [str(JOB), *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                runpy.run_path(str(JOB), run_name="__main__")
-                code = 0
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-    finally:
-        sys.argv = old
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = evaluate_command.main(list(args))
     return code, out.getvalue(), err.getvalue()
 
 

@@ -1,17 +1,16 @@
 """Network analysis: closed-form and finite-difference checks of the attribution maths, the
-deletion test on a trained small ResNet, 1-D (TDNN) layers, and jobs/explain.py."""
+deletion test on a trained small ResNet, 1-D (TDNN) layers, and `speakertune explain`."""
 
 from __future__ import annotations
 
 import copy
-import runpy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import toy_speakers as ts
+from speakertune.commands import explain as explain_command
 from speakertune.explain import (
     METHODS,
     ExplainError,
@@ -27,7 +26,6 @@ from speakertune.explain import (
 )
 from torch import nn
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
 CFG = {"features": ts.FEATS, "model": {"name": "resnet10", "base_channels": 4},
        "pooling": {"name": "stats"}, "embed_dim": 32, "loss": {"name": "softmax"}}
 
@@ -185,12 +183,11 @@ def test_explain_job_writes_overlays_and_arrays(trained, tmp_path):
     test_wav, enroll_wav = tmp_path / "test.wav", tmp_path / "enroll.wav"
     sf.write(test_wav, waves[2], ts.SR)
     sf.write(enroll_wav, ts.utterance(speakers[2], 1.5, np.random.default_rng(9)), ts.SR)
-    job = runpy.run_path(str(JOBS / "explain.py"), run_name="explain_job")
     out = tmp_path / "out"
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"")
-    assert job["main"](["--checkpoint", str(ckpt), "--audio", str(test_wav), str(broken),
-                        "--enroll", str(enroll_wav), "--out", str(out)]) == 0
+    assert explain_command.main(["--checkpoint", str(ckpt), "--audio", str(test_wav),
+                                 str(broken), "--enroll", str(enroll_wav), "--out", str(out)]) == 0
     n_frames = ts.features(waves[2]).shape[0]
     for target in ("class", "enroll"):
         for method in METHODS:

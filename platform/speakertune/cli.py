@@ -1,41 +1,42 @@
-"""``python -m speakertune``: discover components and run the jobs."""
+"""``python -m speakertune`` / ``speakertune``: list components and run the commands."""
 
 from __future__ import annotations
 
 import argparse
-import runpy
+import importlib
 import sys
-from pathlib import Path
 
-JOBS = ("prepare", "train", "sweep", "evaluate", "diarize", "explain")
+# name -> one-line help; each is speakertune.commands.<name> with build_parser() and main(argv)
+COMMANDS = {
+    "doctor": "check the environment (PASS/WARN/FAIL per line)",
+    "prepare": "prepare a corpus: manifest.parquet (+ trials.txt)",
+    "train": "train one configuration with Ray Train",
+    "sweep": "run a hyperparameter sweep (--check: validate and print the plan)",
+    "evaluate": "evaluate a checkpoint on a trial list (EER, minDCF, DET, t-SNE)",
+    "diarize": "diarize recordings with a checkpoint (RTTM, DER)",
+    "explain": "attribution maps (saliency, Grad-CAM, ...) for a checkpoint",
+}
+KINDS = ("models", "poolings", "losses", "features", "backends")
 
 
-def _jobs_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "jobs"
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speakertune", description="Hyperparameter search for speaker verification on Ray.",
+        epilog="`speakertune COMMAND --help` for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p_list = sub.add_parser("list", help="print registered component names, one per line")
+    p_list.add_argument("kind", choices=KINDS)
+    for name, text in COMMANDS.items():  # parsed by the command itself
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        prog="speakertune", description="Hyperparameter search for speaker verification on Ray."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p_list = sub.add_parser("list", help="print registered component names, one per line")
-    p_list.add_argument("kind", choices=["models", "poolings", "losses", "features", "backends"])
-    sub.add_parser("doctor", help="check the environment (PASS/WARN/FAIL per line)", add_help=False)
-    for job in JOBS:
-        sub.add_parser(job, help=f"run jobs/{job}.py (arguments pass through)", add_help=False)
-    if argv and argv[0] == "doctor":
-        from speakertune.doctor import main as doctor
-
-        return doctor(argv[1:])
-    if argv and argv[0] in JOBS:
-        script = _jobs_dir() / f"{argv[0]}.py"
-        if not script.exists():
-            parser.error(f"job script not found: {script}")
-        sys.argv = [str(script), *argv[1:]]
-        runpy.run_path(str(script), run_name="__main__")
-        return 0
+    if argv and argv[0] in COMMANDS:
+        return importlib.import_module(f"speakertune.commands.{argv[0]}").main(argv[1:])
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "list":
         from speakertune.registry import REGISTRIES, load_all

@@ -180,20 +180,3 @@ def run_checks(quick: bool = False, address: str | None = None,
     yield check_disk("data", data_dir)
     yield check_disk("runs", runs_dir)
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="speakertune doctor", description=__doc__.split("\n")[0])
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="a running Ray cluster to inspect (default: $RAY_ADDRESS)")
-    parser.add_argument("--quick", action="store_true",
-                        help="only the cheap local checks (what `make sweep` runs first)")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--runs-dir", default="runs")
-    args = parser.parse_args(argv)
-    failed = 0
-    for check in run_checks(args.quick, args.address, args.data_dir, args.runs_dir):
-        print(check.line(), flush=True)
-        failed += check.status == "FAIL"
-    return 1 if failed else 0

@@ -16,7 +16,14 @@ from typing import Any
 
 from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, resolve, set_dotted
 
-SPACES_DIR = Path(__file__).resolve().parents[3] / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """The checkout's top-level search_spaces/, else the copy an installed wheel ships."""
+    top = Path(__file__).resolve().parents[3] / "search_spaces"
+    return top if top.is_dir() else Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 METRICS = (
