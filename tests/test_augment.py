@@ -13,11 +13,11 @@ from speakertune.frontend.augment import (
     add_noise,
     babble,
     num_classes_multiplier,
-    read_bank,
     reverb,
     spec_augment,
     speed_perturb,
 )
+from speakertune.frontend.banks import read_bank
 
 SR = 16000
 
@@ -129,6 +129,6 @@ def test_augmenter_probabilities_labels_and_errors(banks):
     off = Augmenter({"augment": {}}, None, None)
     assert np.array_equal(off.waveform(speech, np.random.default_rng(0)), speech)
     with pytest.raises(AugmentError, match=r"augment\.reverb_prob > 0 but the bank has no RIRs"):
-        Augmenter({"augment": {"reverb_prob": 0.5}}, noise, None)
+        Augmenter({"augment": {"reverb_prob": 0.5, "rir_bank": None}}, noise, None)
     with pytest.raises(AugmentError, match=r"augment\.noise_prob: 1\.5"):
         Augmenter({"augment": {"noise_prob": 1.5}}, noise, rir)

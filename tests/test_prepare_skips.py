@@ -82,3 +82,75 @@ def test_kaldi_skips_name_the_wav_scp_line(tmp_path: Path) -> None:
     df, _ = read_kaldi(d, skipped=skipped)
     assert df["utt"].tolist() == ["a", "b"]
     assert skipped == [(f"{d / 'wav.scp'}:3", f"{audio / 'gone.wav'}: file not found")]
+
+
+def test_prepare_command_skips_by_default_and_strict_fails(tmp_path: Path, capsys) -> None:
+    from speakertune.commands.prepare import main
+
+    root, trials = _corpus_with_bad_files(tmp_path)
+    out = tmp_path / "vox"
+    assert main(["voxceleb", str(root), "--trials", str(trials), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 utterances, 3 speakers" in printed and "skipped 5" in printed
+    assert len(pd.read_csv(out / "skipped.tsv", sep="\t")) == 5
+    assert main(["voxceleb", str(root), "--out", str(tmp_path / "s"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_prepare_musan_and_rirs_banks(tmp_path: Path) -> None:
+    from speakertune.commands.prepare import main
+    from speakertune.data.manifest import read_manifest
+    from speakertune.frontend.augment import Augmenter
+
+    musan = tmp_path / "musan"
+    for cat in ("music", "speech", "noise"):
+        _wav(musan / cat / "src" / f"{cat}-0001.wav", 1.0)
+    (musan / "noise" / "src" / "broken.wav").write_bytes(b"RIFFjunk")
+    rirs = tmp_path / "RIRS_NOISES"
+    _wav(rirs / "simulated_rirs" / "smallroom" / "Room001" / "Room001-00001.wav", 0.3)
+    _wav(rirs / "real_rirs_isotropic_noises" / "air_type1_air_binaural_rir_1.wav", 0.3)
+    _wav(rirs / "real_rirs_isotropic_noises" / "RVB2014_type1_noise_largeroom1_1.wav", 1.0)
+    _wav(rirs / "pointsource_noises" / "noise-free-sound-0001.wav", 1.0)
+    assert main(["musan", str(musan), "--out", str(tmp_path / "m")]) == 0
+    assert main(["rirs", str(rirs), "--out", str(tmp_path / "r")]) == 0
+    noise = read_manifest(tmp_path / "m" / "manifest.parquet")
+    rir = read_manifest(tmp_path / "r" / "manifest.parquet")
+    assert sorted(noise["category"]) == ["music", "noise", "speech"]
+    assert sorted(rir["category"]) == ["real", "smallroom"]  # no isotropic/point-source noise
+    aug = Augmenter({"augment": {"noise_prob": 1.0, "babble_prob": 1.0, "reverb_prob": 1.0,
+                                 "noise_bank": str(tmp_path / "m" / "manifest.parquet"),
+                                 "rir_bank": str(tmp_path / "r" / "manifest.parquet")}})
+    assert len(aug.noise_uris) == 2 and len(aug.speech_uris) == 1 and len(aug.rir_uris) == 2
+
+
+def test_banks_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    from speakertune.config import resolve
+    from speakertune.frontend.banks import AugmentError, check_banks
+
+    cfg = resolve({"augment": {"noise_prob": 0.5, "noise_bank": str(tmp_path / "nope")}})
+    with pytest.raises(AugmentError, match=r"augment\.noise_bank: .*nope: noise/RIR bank not"):
+        check_banks(cfg)
+    (tmp_path / "empty").mkdir()
+    cfg["augment"]["noise_bank"] = str(tmp_path / "empty")
+    with pytest.raises(AugmentError, match=r"augment\.noise_bank: .*no audio files"):
+        check_banks(cfg)
+    cfg["augment"]["noise_bank"] = None
+    with pytest.raises(AugmentError, match="needs a noise bank"):
+        check_banks(cfg)
+    cfg["augment"]["noise_prob"] = 0.0
+    check_banks(cfg)  # no augmentation, no bank needed
+    check_banks(resolve({"augment": {"reverb_prob": 1.0}}))  # builtin: built when used
+
+
+@pytest.mark.slow
+def test_builtin_banks_serve_a_prepared_corpus(tmp_path: Path) -> None:
+    from speakertune.frontend.augment import Augmenter
+
+    cfg = {"augment": {"noise_prob": 1.0, "babble_prob": 1.0, "reverb_prob": 1.0,
+                       "builtin_banks_dir": str(tmp_path / "banks")}}
+    aug = Augmenter(cfg)  # a prepared corpus has no banks of its own: the built-in ones
+    assert len(aug.noise_uris) == 10 and len(aug.speech_uris) == 6 and len(aug.rir_uris) == 20
+    assert all(u.startswith(str(tmp_path / "banks")) for u in aug.rir_uris)
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    assert aug.waveform(x, np.random.default_rng(1)).shape == x.shape

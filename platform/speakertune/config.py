@@ -22,8 +22,6 @@ DEFAULTS: dict[str, Any] = {
         "utts_per_speaker": 20,
         "manifest": None,
         "trials": None,
-        "noise_manifest": None,
-        "rir_manifest": None,
         "val_speakers": 20,
         "val_trials": 2000,
         "seed": 0,
@@ -44,8 +42,11 @@ DEFAULTS: dict[str, Any] = {
         "speed_as_new_speaker": False,  # Kaldi/WeSpeaker style: each speed is a new class
         "babble_speakers": [3, 7],
         "specaug": {"freq_masks": 1, "freq_width": 8, "time_masks": 1, "time_width": 10},
-        "noise_bank": None,
-        "rir_bank": None,
+        # a prepared manifest or folder (`prepare musan|rirs`), or builtin: the synthetic
+        # corpus's banks (built once under builtin_banks_dir for other corpora)
+        "noise_bank": "builtin",
+        "rir_bank": "builtin",
+        "builtin_banks_dir": "~/.cache/speakertune/banks",
     },
     "features": {
         "name": "fbank",

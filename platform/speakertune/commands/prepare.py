@@ -4,6 +4,11 @@
     speakertune prepare kaldi data/train --out data/train_prepared
     speakertune prepare voxceleb /corpora/voxceleb1/wav --trials veri_test2.txt --out data/vox1
     speakertune prepare csv corpus.csv [--trials trials.txt] --out data/mine
+    speakertune prepare musan /corpora/musan --out data/musan      # augment.noise_bank
+    speakertune prepare rirs /corpora/RIRS_NOISES --out data/rirs   # augment.rir_bank
+
+Unreadable, empty, truncated and too-short files are skipped, counted and listed in
+``OUT/skipped.tsv`` (``--strict`` stops at the first instead).
 """
 
 from __future__ import annotations
@@ -34,8 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("csv", help="CSV with header utt,spk,uri[,duration_s,sample_rate]")
     c.add_argument("csv")
     c.add_argument("--trials", help="trial list ('enroll test label' lines)")
-    for sp in (k, v, c):
+    m = sub.add_parser("musan", help="MUSAN noise bank: music/ speech/ noise/ folders")
+    m.add_argument("root")
+    r = sub.add_parser("rirs", help="RIRS_NOISES room impulse responses (simulated + real)")
+    r.add_argument("root")
+    for sp in (k, v, c, m, r):
         sp.add_argument("--out", required=True, help="output directory")
+        sp.add_argument("--strict", action="store_true",
+                        help="stop at the first bad file instead of skipping it")
+    for sp in (k, v, c):
+        sp.add_argument("--min-seconds", type=float, default=0.5,
+                        help="skip shorter utterances (default 0.5)")
     return p
 
 
@@ -54,19 +68,30 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"synthetic corpus ready: {root}/manifest.parquet, {root}/trials.txt")
             return 0
-        if args.kind == "kaldi":
-            df, trials = readers.read_kaldi(args.data_dir)
-            df = readers.materialize_segments(df, Path(args.out) / "segments")
-        elif args.kind == "voxceleb":
-            df, trials = readers.read_voxceleb(args.root, args.trials)
-        else:
-            df, trials = readers.read_csv(args.csv, args.trials)
-        manifest, trials_out = readers.write_corpus(df, trials, args.out)
+        skipped: list[tuple[str, str]] | None = None if args.strict else []
+        df, trials = _read(args, skipped)
+        manifest, trials_out = readers.write_corpus(df, trials, args.out, skipped)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     hours = df["duration_s"].sum() / 3600
     print(f"{manifest}: {len(df)} utterances, {df['spk'].nunique()} speakers, {hours:.2f} h")
+    if skipped:
+        print(f"skipped {len(skipped)} (bad files, and trials naming them): "
+              f"{Path(args.out) / 'skipped.tsv'}")
     if trials_out:
         print(f"{trials_out}: {len(trials)} trials ({int(trials['label'].sum())} target)")
     return 0
+
+
+def _read(args: argparse.Namespace, skipped: list | None) -> tuple:
+    from speakertune.data import readers
+
+    if args.kind == "kaldi":
+        df, trials = readers.read_kaldi(args.data_dir, skipped, args.min_seconds)
+        return readers.materialize_segments(df, Path(args.out) / "segments"), trials
+    if args.kind == "voxceleb":
+        return readers.read_voxceleb(args.root, args.trials, skipped, args.min_seconds)
+    if args.kind == "csv":
+        return readers.read_csv(args.csv, args.trials, skipped, args.min_seconds)
+    return (readers.read_musan if args.kind == "musan" else readers.read_rirs)(args.root, skipped)

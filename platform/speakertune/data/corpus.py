@@ -54,10 +54,6 @@ def load_corpus(data_cfg: dict[str, Any]) -> Corpus:
     elif not manifest:
         raise DataError("data.manifest: required when data.corpus is not 'synthetic'")
     df = read_manifest(manifest, opts)
-    if cfg.get("noise_manifest"):
-        noise = read_manifest(cfg["noise_manifest"], opts)
-    if cfg.get("rir_manifest"):
-        rir = read_manifest(cfg["rir_manifest"], opts)
 
     if trials_path:
         trials = read_trials(trials_path, known_utts=df["utt"], storage_options=opts)

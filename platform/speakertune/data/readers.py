@@ -292,6 +292,50 @@ def _trials(
     return trials[ok].reset_index(drop=True)
 
 
+def read_musan(
+    root: str | Path, skipped: list[tuple[str, str]] | None = None
+) -> tuple[pd.DataFrame, None]:
+    """MUSAN (``root/{music,speech,noise}/<source>/<file>.wav``) as a noise bank manifest:
+    ``category`` (and ``spk``) is the top folder; ``speech`` is what babble mixes."""
+    return _bank(root, lambda rel: rel.split("/")[0] if rel.split("/")[0] in
+                 ("music", "speech", "noise") else None, skipped), None
+
+
+def read_rirs(
+    root: str | Path, skipped: list[tuple[str, str]] | None = None
+) -> tuple[pd.DataFrame, None]:
+    """RIRS_NOISES as an RIR bank: ``simulated_rirs/<room size>/Room*/*.wav`` (category = the
+    room size) and the real RIRs of ``real_rirs_isotropic_noises`` (files named ``*rir*``; the
+    isotropic noise recordings beside them are not impulse responses and are left out)."""
+
+    def category(rel: str) -> str | None:
+        parts = rel.split("/")
+        if parts[0] == "simulated_rirs" and len(parts) > 2:
+            return parts[1]
+        if parts[0] == "real_rirs_isotropic_noises" and "rir" in parts[-1].lower():
+            return "real"
+        return None
+
+    return _bank(root, category, skipped), None
+
+
+def _bank(root: str | Path, category: Any, skipped: list | None) -> pd.DataFrame:
+    root = Path(root)
+    if not root.is_dir():
+        raise ManifestError(f"{root}: directory not found")
+    rows = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        cat = category(rel) if p.suffix.lower() in AUDIO_SUFFIXES else None
+        if cat:
+            rows.append({"utt": rel, "spk": cat, "category": cat, "uri": str(p)})
+    if not rows:
+        raise ManifestError(f"{root}: no audio files in the expected layout (see datasets/)")
+    df = pd.DataFrame(rows)
+    df = probe_durations(df, df["uri"].tolist(), skipped=skipped)
+    return validate_manifest(df, str(root))
+
+
 def materialize_segments(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
     """Cut rows with ``offset_s`` (Kaldi ``segments``) into their own FLAC files under
     ``out_dir`` so every manifest row is a whole file."""

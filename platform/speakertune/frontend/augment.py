@@ -15,13 +15,10 @@ import torch
 import torchaudio.functional as AF
 from scipy import signal
 
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".sph")
+from speakertune.config import DEFAULTS, deep_merge
+from speakertune.frontend.banks import AugmentError, resolve_bank
+
 NOISE_CATEGORIES = ("noise", "music")
-
-
-class AugmentError(ValueError):
-    """An augmentation option or bank is invalid; the message names the field or file."""
-
 
 def power(x: np.ndarray) -> float:
     return float(np.mean(np.asarray(x, dtype=np.float64) ** 2))
@@ -105,57 +102,11 @@ def spec_augment(
     return out
 
 
-def read_bank(path: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """A noise or RIR bank as a DataFrame ``uri, category``.
-
-    ``path`` is a manifest (``.parquet``/``.csv`` with a ``uri`` column; relative uris are taken
-    relative to the manifest) or a directory searched recursively for audio files, whose first
-    sub-folder names the category (MUSAN ``noise/ music/ speech/``; RIRS_NOISES sub-folders).
-    """
-    import posixpath
-
-    import pyarrow.csv as pcsv
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
-    from speakertune.data.storage import dirname, get_filesystem, has_scheme, resolve_uri
-
-    path = str(path)
-    fs, root = get_filesystem(path, storage_options)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise AugmentError(f"{path}: noise/RIR bank not found")
-    if info.type == pafs.FileType.File:
-        reader = pq.read_table if root.endswith(".parquet") else pcsv.read_csv
-        try:
-            with fs.open_input_file(root) as f:
-                df = reader(f).to_pandas()
-        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad manifest
-            raise AugmentError(f"{path}: cannot read bank manifest ({exc})") from None
-        if "uri" not in df.columns:
-            raise AugmentError(f"{path}: bank manifest has no 'uri' column")
-        df["uri"] = [resolve_uri(u, dirname(path)) for u in df["uri"].astype(str)]
-        if "category" not in df.columns:
-            df["category"] = "noise"
-        return df.reset_index(drop=True)
-    scheme = path.partition("://")[0] + "://" if has_scheme(path) else ""
-    rows = []
-    listing = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    for f in sorted(listing, key=lambda f: f.path):
-        if f.type == pafs.FileType.File and f.path.lower().endswith(AUDIO_EXTS):
-            rel = posixpath.relpath(f.path, root)
-            rows.append({"uri": scheme + f.path,
-                         "category": rel.split("/")[0] if "/" in rel else "noise"})
-    if not rows:
-        raise AugmentError(f"{path}: no audio files ({', '.join(AUDIO_EXTS)}) in bank")
-    return pd.DataFrame(rows)
-
-
 def num_classes_multiplier(cfg: dict[str, Any]) -> int:
     """How many times the speaker classes are replicated (speed perturbation as new speakers)."""
-    aug = cfg.get("augment", cfg)
-    if aug.get("speed_as_new_speaker", False) and float(aug.get("speed_prob", 0.0)) > 0:
-        return 1 + sum(1 for s in aug.get("speeds", (0.9, 1.0, 1.1)) if float(s) != 1.0)
+    aug = deep_merge(DEFAULTS["augment"], cfg.get("augment", cfg))
+    if aug["speed_as_new_speaker"] and float(aug["speed_prob"]) > 0:
+        return 1 + sum(1 for s in aug["speeds"] if float(s) != 1.0)
     return 1
 
 
@@ -170,27 +121,26 @@ class Augmenter:
         rir_df: pd.DataFrame | None = None, seed: int = 0, sample_rate: int = 16000,
         storage_options: dict | None = None,
     ) -> None:
-        aug = dict(cfg.get("augment", cfg))
+        aug = deep_merge(DEFAULTS["augment"], cfg.get("augment", cfg))  # defaults read once
         self.sr = sample_rate
-        self.p = {k: float(aug.get(f"{k}_prob", 0.0)) for k in
+        self.p = {k: float(aug[f"{k}_prob"]) for k in
                   ("noise", "babble", "reverb", "speed", "specaug")}
         for key, p in self.p.items():
             if not 0.0 <= p <= 1.0:
                 raise AugmentError(f"augment.{key}_prob: {p} is not a probability")
-        lo, hi = (float(v) for v in aug.get("snr_db", (0.0, 15.0)))
+        lo, hi = (float(v) for v in aug["snr_db"])
         self.snr_range = (lo, hi)
-        self.babble_range = tuple(int(v) for v in aug.get("babble_speakers", (3, 7)))
-        self.speeds = [float(s) for s in aug.get("speeds", (0.9, 1.0, 1.1))]
+        self.babble_range = tuple(int(v) for v in aug["babble_speakers"])
+        self.speeds = [float(s) for s in aug["speeds"]]
         self.perturbed = [s for s in self.speeds if s != 1.0]
-        self.speed_as_new_speaker = bool(aug.get("speed_as_new_speaker", False))
-        self.specaug = dict(aug.get("specaug", {}))
+        self.speed_as_new_speaker = bool(aug["speed_as_new_speaker"])
+        self.specaug = dict(aug["specaug"])
         self.storage_options = storage_options
         self.rng = np.random.default_rng(seed)
-        # A bank named in the config overrides the corpus' own (e.g. real MUSAN over synthetic).
-        if aug.get("noise_bank"):
-            noise_df = read_bank(aug["noise_bank"], storage_options)
-        if aug.get("rir_bank"):
-            rir_df = read_bank(aug["rir_bank"], storage_options)
+        if self.p["noise"] > 0 or self.p["babble"] > 0:
+            noise_df = resolve_bank(aug, "noise", noise_df, storage_options)
+        if self.p["reverb"] > 0:
+            rir_df = resolve_bank(aug, "rir", rir_df, storage_options)
         if noise_df is None:
             noise_df = pd.DataFrame({"uri": [], "category": []})
         cats = noise_df["category"].astype(str)

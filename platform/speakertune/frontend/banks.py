@@ -1,0 +1,108 @@
+"""Noise and room-impulse-response banks for augmentation: named in ``augment.noise_bank`` /
+``augment.rir_bank`` as a prepared manifest, a folder of audio, or ``builtin`` (the synthetic
+corpus's own banks, built once on demand, for any corpus). Checked before a sweep starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".sph")
+BUILTIN = "builtin"
+
+
+class AugmentError(ValueError):
+    """An augmentation option or bank is invalid; the message names the field or file."""
+
+
+def needed_banks(aug: dict[str, Any]) -> list[str]:
+    """Which banks the augmentation probabilities use: ``noise`` (noise, music, babble), ``rir``."""
+    need = []
+    if float(aug["noise_prob"]) > 0 or float(aug["babble_prob"]) > 0:
+        need.append("noise")
+    if float(aug["reverb_prob"]) > 0:
+        need.append("rir")
+    return need
+
+
+def resolve_bank(
+    aug: dict[str, Any], kind: str, own: pd.DataFrame | None, storage_options: dict | None = None
+) -> pd.DataFrame | None:
+    """The ``kind`` (``noise``/``rir``) bank: a named one, else ``builtin``: the corpus's own
+    (``own``, the synthetic corpus) or the built-in banks under ``augment.builtin_banks_dir``."""
+    name = aug[f"{kind}_bank"]
+    if not name:
+        return own
+    if name != BUILTIN:
+        return read_bank(name, storage_options)
+    if own is not None:
+        return own
+    from speakertune.data.manifest import read_manifest
+    from speakertune.data.synthetic import ensure_builtin_banks
+
+    root = ensure_builtin_banks(aug["builtin_banks_dir"])
+    return read_manifest(root / kind / "manifest.parquet")
+
+
+def check_banks(cfg: dict[str, Any], where: str = "augment") -> None:
+    """Before anything starts: a bank the augmentation uses must exist and hold audio
+    (``builtin`` is built on demand). Raises ``AugmentError`` naming the key and the path."""
+    aug = cfg["augment"]
+    for kind in needed_banks(aug):
+        name = aug[f"{kind}_bank"]
+        if name == BUILTIN:
+            continue
+        if not name:
+            raise AugmentError(f"{where}.{kind}_bank: augmentation needs a {kind} bank; name "
+                               f"one or use 'builtin'")
+        try:
+            read_bank(name, (cfg.get("data") or {}).get("storage"))
+        except AugmentError as exc:
+            raise AugmentError(f"{where}.{kind}_bank: {exc}") from None
+
+
+def read_bank(path: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """A noise or RIR bank as a DataFrame ``uri, category``.
+
+    ``path`` is a manifest (``.parquet``/``.csv`` with a ``uri`` column; relative uris are taken
+    relative to the manifest) or a directory searched recursively for audio files, whose first
+    sub-folder names the category (MUSAN ``noise/ music/ speech/``; RIRS_NOISES sub-folders).
+    """
+    import posixpath
+
+    import pyarrow.csv as pcsv
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    from speakertune.data.storage import dirname, get_filesystem, has_scheme, resolve_uri
+
+    path = str(path)
+    fs, root = get_filesystem(path, storage_options)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise AugmentError(f"{path}: noise/RIR bank not found")
+    if info.type == pafs.FileType.File:
+        reader = pq.read_table if root.endswith(".parquet") else pcsv.read_csv
+        try:
+            with fs.open_input_file(root) as f:
+                df = reader(f).to_pandas()
+        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad manifest
+            raise AugmentError(f"{path}: cannot read bank manifest ({exc})") from None
+        if "uri" not in df.columns:
+            raise AugmentError(f"{path}: bank manifest has no 'uri' column")
+        df["uri"] = [resolve_uri(u, dirname(path)) for u in df["uri"].astype(str)]
+        if "category" not in df.columns:
+            df["category"] = "noise"
+        return df.reset_index(drop=True)
+    scheme = path.partition("://")[0] + "://" if has_scheme(path) else ""
+    rows = []
+    listing = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    for f in sorted(listing, key=lambda f: f.path):
+        if f.type == pafs.FileType.File and f.path.lower().endswith(AUDIO_EXTS):
+            rel = posixpath.relpath(f.path, root)
+            rows.append({"uri": scheme + f.path,
+                         "category": rel.split("/")[0] if "/" in rel else "noise"})
+    if not rows:
+        raise AugmentError(f"{path}: no audio files ({', '.join(AUDIO_EXTS)}) in bank")
+    return pd.DataFrame(rows)
