@@ -30,10 +30,36 @@ _SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 _STREAMED = (0, 0xFFFFFFFF)  # a streamed WAV leaves the size unknown: not a truncation
 
 
+AV_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm")  # libsndfile can't: PyAV decodes
+
+
+def _decode_av(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """AAC & co. through PyAV's bundled FFmpeg: ``(samples x channels float32, rate)``."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as box:
+            stream = box.streams.audio[0]
+            chunks = [f.to_ndarray() for f in box.decode(stream)]
+            sr = stream.codec_context.sample_rate
+    except (av.FFmpegError, IndexError, ValueError) as exc:
+        raise AudioError(f"{name}: corrupt or unsupported audio ({exc})") from None
+    if not chunks:
+        raise AudioError(f"{name}: zero-length audio (no samples)")
+    # planar frames are (channels, n); packed ones (1, n * channels)
+    wave = np.concatenate(chunks, axis=1).astype(np.float32)
+    if np.issubdtype(chunks[0].dtype, np.integer):
+        wave /= float(np.iinfo(chunks[0].dtype).max)
+    return wave.T, int(sr)
+
+
 def decode_audio(data: bytes, sample_rate: int, name: str) -> np.ndarray:
     """Decode ``data`` to float32 mono resampled to ``sample_rate``; ``name`` is for errors."""
     if not data:
         raise AudioError(f"{name}: empty file (0 bytes)")
+    if str(name).lower().endswith(AV_SUFFIXES):
+        wave, sr = _decode_av(data, name)
+        return _mono(wave, sr, sample_rate, name)
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             _check_complete(f.extra_info, name)
@@ -42,6 +68,10 @@ def decode_audio(data: bytes, sample_rate: int, name: str) -> np.ndarray:
         raise AudioError(f"{name}: corrupt or unsupported audio ({exc.error_string})") from None
     except (RuntimeError, ValueError, TypeError) as exc:
         raise AudioError(f"{name}: corrupt or unsupported audio ({exc})") from None
+    return _mono(wave, sr, sample_rate, name)
+
+
+def _mono(wave: np.ndarray, sr: int, sample_rate: int, name: str) -> np.ndarray:
     if wave.shape[0] == 0:
         raise AudioError(f"{name}: zero-length audio (no samples)")
     mono = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
@@ -82,6 +112,9 @@ def audio_info(uri: str | Path, storage_options: dict[str, Any] | None = None) -
         raise AudioError(str(exc)) from None
     if (os.path.getsize(uri) if local else len(data)) == 0:
         raise AudioError(f"{uri}: empty file (0 bytes)")
+    if str(uri).lower().endswith(AV_SUFFIXES):  # header only is unreliable for AAC: decode
+        wave, sr = _decode_av(data if data is not None else Path(uri).read_bytes(), str(uri))
+        return wave.shape[0] / sr, sr
     try:
         info = sf.info(str(uri) if local else io.BytesIO(data))
     except sf.LibsndfileError as exc:  # its str() repeats the path; error_string does not

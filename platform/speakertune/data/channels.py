@@ -36,12 +36,12 @@ class Channel:
 def draw_channel(rng: np.random.Generator, rooms: int) -> Channel:
     """A random session channel; ``rooms`` channel rooms exist to choose from."""
     return Channel(
-        room=None if rng.random() < 0.2 or rooms == 0 else int(rng.integers(rooms)),
+        room=None if rng.random() < 0.1 or rooms == 0 else int(rng.integers(rooms)),
         noise=str(rng.choice(NOISE_KINDS)),
-        snr_db=float(rng.uniform(0.0, 20.0)),
-        low_hz=float(np.exp(rng.uniform(np.log(60.0), np.log(500.0)))),
-        high_hz=float(rng.uniform(2800.0, 7600.0)),
-        tilt=float(rng.uniform(-0.8, 0.8)),
+        snr_db=float(rng.uniform(0.0, 15.0)),
+        low_hz=float(np.exp(rng.uniform(np.log(60.0), np.log(800.0)))),
+        high_hz=float(rng.uniform(2200.0, 7600.0)),
+        tilt=float(rng.uniform(-0.9, 0.9)),
         gain=float(rng.uniform(0.3, 0.9)),
     )
 

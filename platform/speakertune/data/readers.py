@@ -27,7 +27,7 @@ from speakertune.data.storage import resolve_uri
 from speakertune.data.summary import write_summary
 from speakertune.data.trials import check_trials, read_trials, write_trials
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+AUDIO_SUFFIXES = (".wav", ".flac", ".m4a")  # .m4a: VoxCeleb2, decoded by PyAV
 
 
 def _read_text(path: Path) -> str:
@@ -206,7 +206,7 @@ def read_voxceleb(
     skipped: list[tuple[str, str]] | None = None,
     min_seconds: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """VoxCeleb layout ``root/<spk>/<video>/<nnnnn>.wav`` (or .flac). Utterance ids are the
+    """VoxCeleb layout ``root/<spk>/<video>/<nnnnn>.wav`` (or .flac, .m4a). Utterance ids are the
     paths relative to ``root`` (``id10270/x6uYqmx31kE/00001.wav``), which is what the
     official trial lists (``1 enroll test``) name."""
     root = Path(root)
@@ -214,7 +214,7 @@ def read_voxceleb(
         raise ManifestError(f"{root}: VoxCeleb root directory not found")
     files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise ManifestError(f"{root}: no <speaker>/<video>/<utt>.wav|.flac files found")
+        raise ManifestError(f"{root}: no <speaker>/<video>/<utt>.wav|.flac|.m4a files found")
     rel = [p.relative_to(root).as_posix() for p in files]
     parts = [r.split("/") for r in rel]
     df = pd.DataFrame(
