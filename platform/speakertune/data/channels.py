@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import butter, fftconvolve, lfilter, sosfilt
+from scipy.signal import butter, fftconvolve, firwin2, lfilter, sosfilt
 
 NOISE_KINDS = ("white", "pink", "brown", "music")
+EQ_BANDS_HZ = (125.0, 250.0, 500.0, 1000.0, 2000.0, 3000.0, 4500.0, 6500.0)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Channel:
     low_hz: float  # microphone band: high-pass corner
     high_hz: float  # low-pass corner
     tilt: float  # first-order spectral tilt (pre-emphasis > 0 brightens, < 0 darkens)
+    eq_db: tuple[float, ...]  # the microphone's uneven response: gains of octave-ish bands
     gain: float
 
     def describe(self) -> str:
@@ -42,6 +44,7 @@ def draw_channel(rng: np.random.Generator, rooms: int) -> Channel:
         low_hz=float(np.exp(rng.uniform(np.log(60.0), np.log(800.0)))),
         high_hz=float(rng.uniform(2200.0, 7600.0)),
         tilt=float(rng.uniform(-0.9, 0.9)),
+        eq_db=tuple(float(g) for g in rng.normal(0.0, 5.0, len(EQ_BANDS_HZ))),
         gain=float(rng.uniform(0.3, 0.9)),
     )
 
@@ -70,4 +73,7 @@ def apply_channel(
     nyq = sample_rate / 2
     sos = butter(2, [ch.low_hz / nyq, min(ch.high_hz, 0.95 * nyq) / nyq], "bandpass", output="sos")
     y = lfilter([1.0, -ch.tilt], [1.0], sosfilt(sos, y))
+    freqs = np.concatenate([[0.0], EQ_BANDS_HZ, [nyq]]) / nyq
+    gains = 10 ** (np.concatenate([[ch.eq_db[0]], ch.eq_db, [ch.eq_db[-1]]]) / 20)
+    y = fftconvolve(y, firwin2(257, freqs, gains), mode="same")
     return (y / (np.abs(y).max() + 1e-9) * ch.gain).astype(np.float32)

@@ -110,7 +110,7 @@ def _speaker_job(args: tuple[int, int, int, int, str, str]) -> list[dict[str, An
         session = u * sessions // utts  # contiguous blocks: utterances of one "video"
         channel = draw_channel(np.random.default_rng([seed, 5, index, session]), len(rooms))
         rng = np.random.default_rng([seed, 2, index, u])
-        clean = synth_utterance(profile, rng)
+        clean = synth_utterance(session_voice(profile, seed, index, session), rng)
         rir = sf.read(rooms[channel.room], dtype="float32")[0] if channel.room is not None else None
         noise = _noise(channel.noise, len(clean), np.random.default_rng([seed, 6, index, u]))
         wave = apply_channel(clean, channel, rir, noise, SAMPLE_RATE)
@@ -123,6 +123,14 @@ def _speaker_job(args: tuple[int, int, int, int, str, str]) -> list[dict[str, An
                      "voice": profile["voice"], "session": f"{profile['spk']}-s{session}",
                      "channel": channel.describe()})  # fmt: skip
     return rows
+
+
+def session_voice(profile: dict[str, Any], seed: int, index: int, session: int) -> dict:
+    """The speaker on that day: pitch, range and rate shift a little between sessions."""
+    rng = np.random.default_rng([seed, 7, index, session])
+    return {**profile, "pitch": int(np.clip(profile["pitch"] + rng.integers(-6, 7), 0, 100)),
+            "range": int(np.clip(profile["range"] + rng.integers(-8, 9), 0, 100)),
+            "rate": int(profile["rate"] * rng.uniform(0.9, 1.1))}
 
 
 def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
