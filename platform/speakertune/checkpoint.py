@@ -2,7 +2,9 @@
 
 Layout (see docs/architecture.md): ``model.pt``, ``train_state.pt``, ``config.yaml``,
 ``backend_<name>.npz``, ``metrics.json``. Everything loads without unpickling code objects:
-``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``.
+``torch.load(weights_only=True)`` and ``np.load(allow_pickle=False)``. ``metrics.json`` also
+records ``ranked_backend``, the backend whose dev EER ranked the checkpoint, which scoring and
+diarization use when no backend is named.
 
 Writes are atomic (temporary file + rename) and an OS failure (disk full, permission denied,
 read-only file system) is one ``CheckpointError`` line naming the file; the config written to
@@ -49,6 +51,12 @@ class LoadedCheckpoint:
     def plda(self) -> Backend | None:
         return self.backends.get("plda")
 
+    def ranked_backend(self) -> tuple[str, str]:
+        """``(name, why)``: the backend this checkpoint was ranked on (see scoring.ranking)."""
+        from speakertune.scoring.ranking import checkpoint_backend
+
+        return checkpoint_backend(self.metrics, self.cfg)
+
     def __iter__(self) -> Iterator[Any]:
         # Allows the older ``encoder, cfg, plda = load_checkpoint(d)`` unpacking.
         return iter((self.encoder, self.cfg, self.plda))
@@ -94,6 +102,17 @@ def _plain(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     return x
+
+
+def _with_ranked_backend(metrics: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` plus ``ranked_backend`` when it has dev EERs (a copy: the caller's dict may
+    be what it reports to Ray, which should stay numeric)."""
+    from speakertune.scoring.ranking import RANKED_KEY, ranked_by_config
+
+    if RANKED_KEY in metrics:
+        return metrics
+    name = ranked_by_config(metrics, cfg)
+    return {**metrics, RANKED_KEY: name} if name else metrics
 
 
 def save_backend(backend: Backend, path: str | Path) -> None:
@@ -151,6 +170,7 @@ def save_checkpoint(
     for name, backend in (backends or {}).items():
         save_backend(backend, path / f"backend_{name}.npz")
     if metrics is not None:
+        metrics = _with_ranked_backend(metrics, cfg)
         blob = json.dumps(_plain(metrics), indent=2, sort_keys=True)
         _atomic_write(path / "metrics.json", lambda tmp: Path(tmp).write_text(blob))
     return path

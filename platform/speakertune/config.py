@@ -94,6 +94,14 @@ DEFAULTS: dict[str, Any] = {
         # from up to plda_utts // per_speaker speakers (bounded so the cached features fit)
         "plda_utts": 8000,
         "plda_utts_per_speaker": 4,
+        # Validation embeds centred crops of at most this many seconds (None: whole utterances,
+        # as scoring.evaluate does by default; pass it the same max_seconds to reproduce a dev
+        # EER exactly). A cap by default because each worker caches the features of the dev
+        # set and the PLDA sample for the whole run, at 32 kB per second (80 fbank x float32 x
+        # 100 frames/s): at VoxCeleb scale, 8,000 PLDA + ~4,700 dev utterances of 8 s on
+        # average is ~3.3 GB per trial uncapped, set by the corpus's longest utterances (some
+        # run minutes), with several trials per node; 6 s bounds it to <= 2.4 GB whatever the
+        # corpus, and bounds the per-epoch embedding time alike.
         "val_max_seconds": 6.0,
         "checkpoints_to_keep": 2,
         "fail_at_epoch": None,  # tests only: one worker exits in this epoch once

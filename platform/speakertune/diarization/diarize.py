@@ -1,7 +1,9 @@
 """Speaker diarization: VAD -> sliding-window embeddings -> affinity -> AHC -> RTTM turns.
 
 The recording's features are computed once; each window is a slice of them, re-centred so that
-it looks like the per-utterance mean-normalised input the encoder was trained on.
+it looks like the per-utterance mean-normalised input the encoder was trained on. Windows are
+embedded whole through ``scoring.embed.encode_segments`` (the shared encoder batching: equal
+lengths only, no cropping), so diarization has no cropping rule of its own.
 Every speech frame is then given the label of the window whose centre is nearest, so no speech
 is dropped even where a speech region is shorter than a window.
 """
@@ -34,7 +36,10 @@ class DiarizeConfig:
     vad_db: float = 30.0
     min_speech_s: float = 0.2
     min_gap_s: float = 0.3
-    backend: str = "cosine"  # cosine | plda (the checkpoint's fitted PLDA)
+    # cosine | plda (the checkpoint's fitted PLDA) | None: the backend the checkpoint was
+    # ranked on (see diarize_checkpoint); diarize() alone reads None as "the backend object
+    # passed, else cosine".
+    backend: str | None = None
     linkage: str = "average"
     threshold: float | None = None  # stop merging below this affinity ...
     num_speakers: int | None = None  # ... or cluster into exactly this many speakers
@@ -49,6 +54,8 @@ class DiarizeConfig:
             raise DiarizationError("set exactly one of threshold and num_speakers")
         if self.num_speakers is not None and self.num_speakers < 1:
             raise DiarizationError(f"num_speakers must be >= 1, got {self.num_speakers}")
+        if self.backend not in (None, "cosine", "plda"):
+            raise DiarizationError(f"backend must be cosine, plda or None, got {self.backend!r}")
         return self
 
 
@@ -123,26 +130,21 @@ def embed_windows(
     encoder: torch.nn.Module, feats: torch.Tensor, windows: np.ndarray, frame_shift: float,
     *, batch_size: int = 64, cmn: bool = True,
 ) -> np.ndarray:
-    """Embed each [start, end) window of the recording's features; batches windows of one length."""
-    encoder.eval()
+    """Embed each [start, end) window (seconds) of the recording's features [T, F] -> [n, D].
+
+    Example: ``embed_windows(enc, feats [6000, 80], [[0.0, 1.5], [0.75, 2.25]], 0.01)`` ->
+    ndarray [2, D].
+    """
+    from speakertune.scoring.embed import encode_segments
+
     device = next(encoder.parameters()).device
     bounds = np.rint(np.asarray(windows) / frame_shift).astype(int)
     starts = np.clip(bounds[:, 0], 0, len(feats) - 1)
     idx = [(a, int(min(max(b, a + 1), len(feats)))) for a, b in zip(starts, bounds[:, 1])]
-    out: list[np.ndarray | None] = [None] * len(idx)
-    by_len: dict[int, list[int]] = {}
-    for i, (a, b) in enumerate(idx):
-        by_len.setdefault(b - a, []).append(i)
-    for members in by_len.values():
-        for k in range(0, len(members), batch_size):
-            chunk = members[k : k + batch_size]
-            x = torch.stack([feats[idx[i][0] : idx[i][1]] for i in chunk])
-            if cmn:
-                x = x - x.mean(dim=1, keepdim=True)
-            emb = encoder(x.to(device)).float().cpu().numpy()
-            for i, e in zip(chunk, emb):
-                out[i] = e
-    return np.stack(out) if out else np.zeros((0, 0), dtype=np.float32)
+    segs = [feats[a:b] for a, b in idx]
+    if cmn:
+        segs = [x - x.mean(dim=0, keepdim=True) for x in segs]
+    return encode_segments(encoder, segs, batch_size=batch_size, device=device)
 
 
 def affinity_matrix(emb: np.ndarray, backend: Any | None = None) -> np.ndarray:
@@ -216,10 +218,16 @@ def diarize(
     wave: np.ndarray, sample_rate: int, encoder: torch.nn.Module, cfg: dict[str, Any],
     dcfg: DiarizeConfig, *, file_id: str = "rec", backend: Any | None = None,
 ) -> Diarization:
-    """Diarize one recording with a trained encoder (and optionally a fitted PLDA backend)."""
+    """Diarize one recording with a trained encoder (and optionally a fitted PLDA backend);
+    ``result.info["backend"]`` names the affinity used. From a checkpoint, prefer
+    ``diarize_checkpoint``, which picks the checkpoint's ranked backend by default.
+
+    Example: ``diarize(wave [n], 16000, enc, cfg, DiarizeConfig(num_speakers=2)).turns``.
+    """
     dcfg.validate()
-    if dcfg.backend != "cosine" and backend is None:
-        raise DiarizationError(f"backend {dcfg.backend!r} needs a fitted backend object")
+    name = dcfg.backend or (getattr(backend, "name", None) if backend is not None else "cosine")
+    if name != "cosine" and backend is None:
+        raise DiarizationError(f"backend {name!r} needs a fitted backend object")
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1 or len(wave) == 0:
         raise DiarizationError(f"{file_id}: expected a non-empty mono waveform, got {wave.shape}")
@@ -227,16 +235,58 @@ def diarize(
                         min_gap_s=dcfg.min_gap_s)
     windows = sliding_windows(speech, dcfg.window_s, dcfg.hop_s, dcfg.min_window_s)
     info: dict[str, Any] = {"speech_s": float(sum(e - s for s, e in speech)),
-                            "windows": len(windows)}
+                            "windows": len(windows), "backend": name}
     if len(windows) == 0:
         return Diarization([], speech, windows, np.zeros(0, int), np.zeros((0, 0)), info)
     extract, shift = feature_fn(cfg)
     feats = extract(wave, sample_rate).float()
     cmn = bool((cfg.get("features") or {}).get("cmn", True))
     emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
-    aff = affinity_matrix(emb, backend if dcfg.backend != "cosine" else None)
+    aff = affinity_matrix(emb, backend if name != "cosine" else None)
     labels = cluster_ahc(aff, threshold=dcfg.threshold, num_speakers=dcfg.num_speakers,
                          method=dcfg.linkage)
     info["clusters"] = int(labels.max()) + 1
     turns = frames_to_turns(speech, windows, labels, file_id)
     return Diarization(turns, speech, windows, labels, emb, info)
+
+
+def checkpoint_affinity(ckpt: Any, name: str | None) -> tuple[str, Any | None, str]:
+    """``(backend name, fitted backend for diarize() or None for plain cosine, why)``.
+    ``name=None``: the backend the checkpoint was ranked on; cosine if that one was not saved.
+
+    Example: ``checkpoint_affinity(load_checkpoint("ckpt"), None)`` ->
+    ``("plda", PLDABackend, "the backend this checkpoint was ranked on (...)")``.
+    """
+    why = "as asked"
+    if name is None:
+        name, why = ckpt.ranked_backend()
+        if name != "cosine" and name not in ckpt.backends:
+            return "cosine", None, f"ranked backend {name} is not saved in the checkpoint"
+    if name == "cosine":  # plain cosine of window embeddings: no training-set mean to remove
+        return "cosine", None, why
+    if name not in ckpt.backends:
+        raise DiarizationError(f"backend {name!r}: the checkpoint holds no fitted {name}")
+    return name, ckpt.backends[name], why
+
+
+def diarize_checkpoint(
+    wave: np.ndarray, sample_rate: int, ckpt: Any, dcfg: DiarizeConfig, *,
+    file_id: str = "rec", verbose: bool = True,
+) -> Diarization:
+    """``diarize`` with a loaded checkpoint; ``dcfg.backend=None`` uses the backend the
+    checkpoint was ranked on. The choice is in ``result.info`` and printed (stderr) when
+    ``verbose``.
+
+    Example: ``diarize_checkpoint(wave [n], 16000, load_checkpoint("ckpt"),
+    DiarizeConfig(num_speakers=2)).info["backend"]`` -> ``"plda"``.
+    """
+    import sys
+    from dataclasses import replace
+
+    name, fitted, why = checkpoint_affinity(ckpt, dcfg.backend)
+    out = diarize(wave, sample_rate, ckpt.encoder, ckpt.cfg, replace(dcfg, backend=name),
+                  file_id=file_id, backend=fitted)
+    out.info["backend_reason"] = why
+    if verbose:
+        print(f"diarize {file_id}: backend {name} ({why})", file=sys.stderr, flush=True)
+    return out

@@ -1,14 +1,17 @@
 """Evaluation library behind ``jobs/evaluate.py``: embed, score, measure, plot.
 
-Backends come fitted from the checkpoint when it holds them; otherwise (and for the AS-norm
-cohort) they use a development set: ``fit_manifest`` if given, else the manifest's speakers
-that appear in no trial, so that no trial speaker leaks into the backend or the cohort.
+Embeddings come from ``scoring.embed`` (the same path as per-epoch validation). Scoring uses
+the backend the checkpoint was ranked on unless told otherwise. Backends come fitted from the
+checkpoint when it holds them; otherwise (and for the AS-norm cohort) they use a development
+set: ``fit_manifest`` if given, else the manifest's speakers that appear in no trial. Trial
+speakers are always left out of the development set, so none leaks into a backend or the cohort.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ from speakertune.registry import BACKENDS
 from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
 from speakertune.scoring.backends.base import length_norm
 from speakertune.scoring.metrics import identification_accuracy, verification_report
+from speakertune.scoring.ranking import VAL_BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +42,19 @@ class EvalResult:
     skipped_utts: dict[str, str] = field(default_factory=dict)
     skipped_trials: int = 0
     files: dict[str, Path] = field(default_factory=dict)
+    backend: str = ""  # the primary backend: the one asked for, or the checkpoint's ranked one
+    backend_note: str = ""  # the printed line saying which backend and why
 
 
 def fit_backends(
     names: Sequence[str], emb: np.ndarray, spk: np.ndarray, cfg: dict[str, Any] | None = None
 ) -> dict[str, Backend]:
-    """Build each named backend with its options from ``cfg["backend"][name]`` and fit it."""
+    """Build each named backend with its options from ``cfg["backend"][name]`` and fit it.
+
+    Example: ``fit_backends(["plda"], emb [n, D], spk [n], cfg)`` -> ``{"plda": PLDABackend}``.
+    """
     opts = (cfg or {}).get("backend", {}) or {}
     return {n: BACKENDS.build({"name": n, **(opts.get(n) or {})}).fit(emb, spk) for n in names}
-
-
-def speaker_means(emb_by_utt: dict[str, np.ndarray], spk_by_utt: dict[str, str]) -> np.ndarray:
-    """One cohort entry per speaker: the mean of its length-normalised embeddings."""
-    groups: dict[str, list[np.ndarray]] = {}
-    for utt, e in emb_by_utt.items():
-        groups.setdefault(spk_by_utt[utt], []).append(e)
-    return np.stack([length_norm(np.stack(v)).mean(axis=0) for v in groups.values()])
 
 
 def verify(
@@ -62,13 +63,20 @@ def verify(
     trials: pd.DataFrame,
     cohort: np.ndarray | None = None,
     top_n: int | None = None,
+    cohort_spk: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
-    """Scores and EER/minDCF per system; with a cohort, also ``<name>+asnorm`` systems."""
+    """Scores and EER/minDCF per system; with a cohort (raw embeddings [n, D], and with
+    ``cohort_spk`` [n] one entry per speaker), also ``<name>+asnorm`` systems.
+
+    Example: ``verify({"cosine": cos}, emb, trials, dev_x, 300, dev_spk)[1]`` ->
+    ``{"cosine": {"eer": ...}, "cosine+asnorm": {"eer": ...}}``.
+    """
     scores: dict[str, np.ndarray] = {}
     for name, backend in backends.items():
         scores[name] = score_trials(backend, emb_by_utt, trials)
         if cohort is not None and top_n:
-            norm = ASNorm(backend, cohort, top_n)
+            # Cohort entries are built in this backend's scoring space (see ASNorm).
+            norm = ASNorm(backend, cohort, top_n, cohort_spk)
             scores[f"{name}+asnorm"] = score_trials(backend, emb_by_utt, trials, asnorm=norm)
     labels = trials["label"].to_numpy()
     return scores, {k: verification_report(v, labels) for k, v in scores.items()}
@@ -129,12 +137,76 @@ def results_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def _choose_backends(
+    ckpt: Any, backend: str | None, backends: Sequence[str] | None
+) -> tuple[list[str], str, str]:
+    """(backends to score, the primary one, why it is primary)."""
+    if backend not in (None, "both", *VAL_BACKENDS):
+        raise EvaluationError(f"backend {backend!r} is not cosine, plda, both or None")
+    ranked, why = ckpt.ranked_backend()
+    if backends is not None:
+        names = list(dict.fromkeys(backends))
+    elif backend == "both":
+        names = list(VAL_BACKENDS)
+    else:
+        names = [backend or ranked]
+    if not names:
+        raise EvaluationError("no backend to score with")
+    if backend in names:
+        return names, backend, "as asked"
+    if ranked in names:
+        return names, ranked, why
+    return names, names[0], "as asked"
+
+
+def _announce(primary: str, why: str, names: list[str], cfg: dict[str, Any],
+              max_seconds: float | None) -> str:
+    """The printed line saying how this evaluation scores and embeds."""
+    from speakertune.scoring.embed import describe
+
+    others = [n for n in names if n != primary]
+    also = f"; also {', '.join(others)}" if others else ""
+    line = f"scoring backend: {primary} ({why}){also}; embeddings: {describe(max_seconds)}"
+    swept = (cfg.get("trainer") or {}).get("val_max_seconds")
+    if swept and swept != max_seconds:
+        line += (f"\nnote: the sweep validated this checkpoint on centred crops of at most "
+                 f"{swept:g} s; max_seconds={swept:g} reproduces its dev EER")
+    print(line, file=sys.stderr, flush=True)
+    return line.splitlines()[0]
+
+
+def _check_dev(dev_df: pd.DataFrame, trial_spk: set[str], to_fit: list[str]) -> None:
+    if dev_df.loc[~dev_df["spk"].astype(str).isin(trial_spk), "spk"].nunique() >= 2:
+        return
+    what = f"backends {to_fit} are not in the checkpoint" if to_fit else "AS-norm needs a cohort"
+    raise EvaluationError(f"{what} and there is no development set (>= 2 speakers that are "
+                          "in no trial): pass fit_manifest / --fit-manifest")
+
+
+def _dev_embeddings(ckpt: Any, dev_df: pd.DataFrame, trial_spk: set[str], kw: dict[str, Any]
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Development embeddings [n, D] and speakers [n], sorted by utterance (the order
+    validation fits in); rows of trial speakers are left out so none joins the cohort."""
+    from speakertune.scoring.embed import embed_utterances
+
+    own = dev_df["spk"].astype(str).isin(trial_spk)
+    if own.any():
+        log.info("evaluate: %d development utterances of trial speakers left out", own.sum())
+    dev_df = dev_df[~own]
+    dev_emb = embed_utterances(ckpt.encoder, dev_df, ckpt.cfg, **kw)
+    dev_spk = dict(zip(dev_df["utt"].astype(str), dev_df["spk"].astype(str)))
+    utts = sorted(dev_emb)
+    x = np.stack([dev_emb[u] for u in utts])
+    return x, np.array([dev_spk[u] for u in utts]), dev_emb.skipped
+
+
 def evaluate(
     checkpoint: str | Path,
     manifest: str | Path | pd.DataFrame,
     trials: str | Path | pd.DataFrame,
     *,
-    backends: Sequence[str] = ("cosine", "plda"),
+    backend: str | None = None,
+    backends: Sequence[str] | None = None,
     asnorm_cohort: int | None = None,
     out_dir: str | Path | None = None,
     fit_manifest: str | Path | pd.DataFrame | None = None,
@@ -145,6 +217,15 @@ def evaluate(
     progress: bool = True,
     tsne: bool = True,
 ) -> EvalResult:
+    """Score ``trials`` with a checkpoint. ``backend=None`` scores with the backend the
+    checkpoint was ranked on during the sweep; ``"cosine"``/``"plda"``/``"both"`` choose;
+    ``backends`` lists several explicitly. ``asnorm_cohort=N`` adds ``<name>+asnorm`` systems
+    with the top-N cohort. Embeddings are ``scoring.embed``'s: full utterances unless
+    ``max_seconds``. ``result.backend`` (and a printed line) say which backend was used.
+
+    Example: ``evaluate("ckpt", "m.parquet", "trials.txt").metrics`` ->
+    ``{"plda": {"eer": 0.0407, "min_dcf_0.01": ..., "min_dcf_0.001": ...}}``.
+    """
     from speakertune.checkpoint import load_checkpoint
     from speakertune.data.manifest import read_manifest
     from speakertune.data.trials import read_trials
@@ -156,32 +237,29 @@ def evaluate(
     so = so or None
     man = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, so)
     tri = trials if isinstance(trials, pd.DataFrame) else read_trials(trials, storage_options=so)
+    names, primary, why = _choose_backends(ckpt, backend, backends)
     eval_df, dev_df = _split_dev(man, tri)
     if fit_manifest is not None:
         dev_df = (fit_manifest if isinstance(fit_manifest, pd.DataFrame)
                   else read_manifest(fit_manifest, so))
-    to_fit = [b for b in backends if b not in ckpt.backends]
+    to_fit = [b for b in names if b not in ckpt.backends]
     need_dev = bool(to_fit) or bool(asnorm_cohort)
-    if need_dev and dev_df["spk"].nunique() < 2:
-        why = f"backends {to_fit} are not in the checkpoint" if to_fit else "AS-norm needs a cohort"
-        raise EvaluationError(f"{why} and there is no development set (>= 2 speakers that are "
-                              "in no trial): pass fit_manifest / --fit-manifest")
+    trial_spk = set(eval_df["spk"].astype(str))
+    if need_dev:
+        _check_dev(dev_df, trial_spk, to_fit)
+    line = _announce(primary, why, names, cfg, max_seconds)
     kw = dict(batch_size=batch_size, device=device, max_seconds=max_seconds,
               storage_options=so, progress=progress)
     emb = embed_utterances(ckpt.encoder, eval_df, cfg, **kw)
     skipped = dict(emb.skipped)
-    fitted = {b: ckpt.backends[b] for b in backends if b in ckpt.backends}
-    cohort = None
+    fitted = {b: ckpt.backends[b] for b in names if b in ckpt.backends}
+    cohort = cohort_spk = None
     if need_dev:
-        dev_emb = embed_utterances(ckpt.encoder, dev_df, cfg, **kw)
-        skipped.update(dev_emb.skipped)
-        dev_spk = dict(zip(dev_df["utt"].astype(str), dev_df["spk"].astype(str)))
-        utts = list(dev_emb)
-        x = np.stack([dev_emb[u] for u in utts])
-        fitted.update(fit_backends(to_fit, x, np.array([dev_spk[u] for u in utts]), cfg))
-        if asnorm_cohort:
-            cohort = speaker_means(dev_emb, dev_spk)
-    fitted = {b: fitted[b] for b in backends}  # keep the requested order
+        x, cohort_spk, dev_skipped = _dev_embeddings(ckpt, dev_df, trial_spk, kw)
+        skipped.update(dev_skipped)
+        fitted.update(fit_backends(to_fit, x, cohort_spk, cfg))
+        cohort = x if asnorm_cohort else None
+    fitted = {b: fitted[b] for b in names}  # keep the requested order
     # Trials touching an utterance that could not be embedded are dropped and counted.
     ok = np.array([t in emb and all(u in emb for u in enroll_ids(e))
                    for e, t in zip(tri["enroll"].astype(str), tri["test"].astype(str))])
@@ -189,11 +267,11 @@ def evaluate(
     if kept["label"].nunique() < 2:
         raise EvaluationError("after skipping undecodable utterances no target/non-target mix "
                               f"remains ({int((~ok).sum())} of {len(tri)} trials dropped)")
-    scores, metrics = verify(fitted, emb, kept, cohort, asnorm_cohort)
+    scores, metrics = verify(fitted, emb, kept, cohort, asnorm_cohort, cohort_spk)
     spk_by_utt = dict(zip(eval_df["utt"].astype(str), eval_df["spk"].astype(str)))
     result = EvalResult(metrics=metrics, scores=scores, trials=kept,
                         identification=identify(emb, spk_by_utt), skipped_utts=skipped,
-                        skipped_trials=int((~ok).sum()))
+                        skipped_trials=int((~ok).sum()), backend=primary, backend_note=line)
     if out_dir is not None:
         _write_outputs(Path(out_dir), result, emb, spk_by_utt, tsne)
     return result
@@ -218,6 +296,8 @@ def _write_outputs(out: Path, result: EvalResult, emb: dict[str, np.ndarray],
             result.files["tsne"] = plot_tsne(np.stack([emb[u] for u in utts]), spk,
                                              out / "tsne.png")
     summary = {
+        "backend": result.backend,
+        "backend_note": result.backend_note,
         "metrics": result.metrics,
         "identification": {f"top{k}": v for k, v in result.identification.items()},
         "trials_scored": len(result.trials),

@@ -2,14 +2,21 @@
 
 Features of the validation utterances (and of the training sample the PLDA is fitted on) do
 not change between epochs, so they are computed once and cached; only the encoder runs each
-epoch. Every utterance is cropped (centred) to a whole number of ``bucket`` frames so that
-utterances of equal cropped length batch together without padding, and an utterance's
-embedding does not depend on which others share its batch (or worker).
+epoch. Loading and embedding are ``scoring.embed``'s (the one embedding path, shared with
+``scoring.evaluate``): whole utterances, or centred crops of at most
+``trainer.val_max_seconds`` (see ``config.DEFAULTS`` for why that cap is on by default), long
+ones chunked and averaged, and batches of equal lengths only, so an utterance's embedding does
+not depend on which others share its batch (or worker).
+
+A backend that fails to fit or score (e.g. PLDA when every speaker has one embedding) reports
+NaN metrics and a one-line reason in ``ValidationResult.errors``; the epoch goes on with the
+other backend, whose EER becomes ``val_eer``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,24 +25,14 @@ import pandas as pd
 import torch
 
 from speakertune.registry import BACKENDS
-from speakertune.scoring import metrics
+from speakertune.scoring import embed, metrics
 from speakertune.scoring.backends import score_trials
+from speakertune.scoring.ranking import VAL_BACKENDS, ranked_backend
 
 log = logging.getLogger(__name__)
 P_TARGET = 0.01
-
-
-@dataclass
-class EvalFeatures:
-    feats: dict[str, torch.Tensor] = field(default_factory=dict)  # utt -> [frames, dims]
-    skipped: dict[str, str] = field(default_factory=dict)  # utt -> reason
-
-
-def crop_frames(n: int, bucket: int, max_frames: int | None) -> int:
-    """Frames kept from an utterance of ``n`` frames (a multiple of ``bucket`` when possible)."""
-    if max_frames:
-        n = min(n, max_frames)
-    return n if n < bucket else n - n % bucket
+EvalFeatures = embed.Features  # utt -> [frames, dims] features, and utt -> skip reason
+_reported: set[str] = set()  # backend failure reasons already logged by this process
 
 
 def load_eval_features(
@@ -44,31 +41,16 @@ def load_eval_features(
     *,
     storage_options: dict[str, Any] | None = None,
     max_seconds: float | None = None,
-    bucket: int = 50,
 ) -> EvalFeatures:
-    """Decode and featurise every row of ``df`` (no augmentation). Failures are kept, not raised:
-    the caller counts and reports them."""
-    from speakertune.data.audio import load_audio
-    from speakertune.data.errors import DataError
-    from speakertune.frontend.pipeline import extract_features
+    """Decode and featurise every row of ``df`` (no augmentation), centre-cropped to at most
+    ``max_seconds`` (None: whole utterances). Failures are kept, not raised: the caller
+    counts and reports them.
 
-    sr = int(cfg["data"].get("sample_rate", 16000))
-    shift_ms = float(cfg["features"].get("frame_shift", 10.0))
-    max_frames = int(max_seconds * 1000 / shift_ms) if max_seconds else None
-    out = EvalFeatures()
-    for utt, uri in zip(df["utt"].astype(str), df["uri"].astype(str)):
-        try:
-            feats = torch.as_tensor(extract_features(load_audio(uri, sr, storage_options), cfg))
-        except (DataError, ValueError) as exc:  # AudioError / FeatureError are ValueErrors
-            out.skipped[utt] = str(exc).splitlines()[0]
-            continue
-        keep = crop_frames(feats.shape[0], bucket, max_frames)
-        start = (feats.shape[0] - keep) // 2
-        out.feats[utt] = feats[start : start + keep].float().contiguous()
-    return out
+    Example: ``load_eval_features(val_df, cfg, max_seconds=6.0).feats["u1"]`` -> [<= 600, 80].
+    """
+    return embed.load_features(df, cfg, max_seconds=max_seconds, storage_options=storage_options)
 
 
-@torch.no_grad()
 def embed_features(
     encoder: torch.nn.Module,
     feats: dict[str, torch.Tensor],
@@ -77,46 +59,43 @@ def embed_features(
     autocast: Any = None,
     batch_size: int = 32,
 ) -> dict[str, np.ndarray]:
-    """Embeddings (float32 numpy) of cached features, batching utterances of equal length."""
-    import contextlib
+    """Embeddings (float32 numpy) of cached features, by ``scoring.embed.embed_features``.
 
-    was_training = encoder.training
-    encoder.eval()
-    by_len: dict[int, list[str]] = {}
-    for utt, f in feats.items():
-        by_len.setdefault(int(f.shape[0]), []).append(utt)
-    out: dict[str, np.ndarray] = {}
-    try:
-        for n in sorted(by_len):
-            utts = sorted(by_len[n])
-            for i in range(0, len(utts), batch_size):
-                chunk = utts[i : i + batch_size]
-                x = torch.stack([feats[u] for u in chunk]).to(device)
-                with autocast if autocast is not None else contextlib.nullcontext():
-                    emb = encoder(x)
-                emb = emb.float().cpu().numpy()
-                out.update(zip(chunk, emb))
-    finally:
-        encoder.train(was_training)
-    return out
+    Example: ``embed_features(enc, {"u1": randn(600, 80)})`` -> ``{"u1": ndarray [D]}``.
+    """
+    return embed.embed_features(encoder, feats, batch_size=batch_size, device=device,
+                                autocast=autocast)
 
 
 @dataclass
 class ValidationResult:
     metrics: dict[str, float]
-    backends: dict[str, Any]  # name -> fitted backend
-    scores: dict[str, np.ndarray]  # name -> trial scores
+    backends: dict[str, Any]  # name -> fitted backend (only those that worked)
+    scores: dict[str, np.ndarray]  # name -> trial scores (only those that worked)
     labels: np.ndarray
     dropped_trials: int
+    errors: dict[str, str] = field(default_factory=dict)  # name -> why that backend failed
+    ranked_backend: str | None = None  # the backend ``val_eer`` comes from
 
 
 def usable_trials(trials: pd.DataFrame, known: set[str]) -> pd.DataFrame:
+    """Trials whose enrollment and test utterances all have embeddings."""
     from speakertune.scoring.backends import enroll_ids
 
     ok = trials["test"].astype(str).isin(known) & trials["enroll"].astype(str).map(
         lambda e: all(u in known for u in enroll_ids(e))
     )
     return trials[ok]
+
+
+def _one_backend(name: str, opts: dict[str, Any], x: np.ndarray, spk: np.ndarray,
+                 val_emb: dict[str, np.ndarray], kept: pd.DataFrame,
+                 labels: np.ndarray) -> tuple[Any, np.ndarray, float, float]:
+    backend = BACKENDS.build({"name": name, **opts}).fit(x, spk)
+    s = score_trials(backend, val_emb, kept)
+    rates = metrics.error_rates(s, labels)
+    return (backend, s, metrics.eer_from_rates(*rates)[0],
+            metrics.min_dcf_from_rates(*rates, P_TARGET)[0])
 
 
 def score_backends(
@@ -127,7 +106,13 @@ def score_backends(
     backend_cfg: dict[str, Any],
     val_backend: str = "best",
 ) -> ValidationResult:
-    """Fit cosine (mean) and PLDA on training embeddings; EER and minDCF of each on ``trials``."""
+    """Fit cosine (mean) and PLDA on training embeddings; EER and minDCF of each on ``trials``.
+
+    Example: ``score_backends(train_emb, spk, val_emb, trials, cfg["backend"]).metrics`` ->
+    ``{"val_eer_cosine": .07, "val_min_dcf_cosine": .5, "val_eer_plda": .04, ...,
+    "val_eer": .04}``.
+    """
+    ranked_backend({}, val_backend)  # a bad trainer.val_backend is a config error, up front
     kept = usable_trials(trials, set(val_emb))
     dropped = len(trials) - len(kept)
     if dropped:
@@ -137,23 +122,24 @@ def score_backends(
     utts = sorted(train_emb)
     x = np.stack([train_emb[u] for u in utts]).astype(np.float64)
     spk = np.asarray([train_spk[u] for u in utts])
-    out: dict[str, float] = {}
-    fitted: dict[str, Any] = {}
-    scores: dict[str, np.ndarray] = {}
-    for name in ("cosine", "plda"):
-        spec = {"name": name, **dict(backend_cfg.get(name) or {})}
-        backend = BACKENDS.build(spec).fit(x, spk)
-        s = score_trials(backend, val_emb, kept)
-        rates = metrics.error_rates(s, labels)
-        out[f"val_eer_{name}"] = metrics.eer_from_rates(*rates)[0]
-        out[f"val_min_dcf_{name}"] = metrics.min_dcf_from_rates(*rates, P_TARGET)[0]
-        fitted[name], scores[name] = backend, s
-    if val_backend == "best":
-        out["val_eer"] = min(out["val_eer_cosine"], out["val_eer_plda"])
-    elif val_backend in ("cosine", "plda"):
-        out["val_eer"] = out[f"val_eer_{val_backend}"]
-    else:
-        from speakertune.config import ConfigError
-
-        raise ConfigError(f"trainer.val_backend: {val_backend!r} is not best, cosine or plda")
-    return ValidationResult(out, fitted, scores, labels, dropped)
+    res = ValidationResult({}, {}, {}, labels, dropped)
+    for name in VAL_BACKENDS:
+        try:
+            backend, s, eer, dcf = _one_backend(name, dict(backend_cfg.get(name) or {}), x, spk,
+                                                val_emb, kept, labels)
+        except (ValueError, np.linalg.LinAlgError) as exc:  # project errors are ValueErrors
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            res.errors[name] = reason
+            if f"{name}: {reason}" not in _reported:  # once per process, not every epoch
+                _reported.add(f"{name}: {reason}")
+                log.warning("validation: %s backend failed, its metrics are NaN: %s", name,
+                            reason)
+            eer = dcf = math.nan
+        else:
+            res.backends[name], res.scores[name] = backend, s
+        res.metrics[f"val_eer_{name}"] = eer
+        res.metrics[f"val_min_dcf_{name}"] = dcf
+    res.ranked_backend = ranked_backend(res.metrics, val_backend)
+    res.metrics["val_eer"] = (res.metrics[f"val_eer_{res.ranked_backend}"]
+                              if res.ranked_backend else math.nan)
+    return res
