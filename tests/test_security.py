@@ -147,7 +147,7 @@ def test_secret_never_reaches_logs_output_or_files(s3_server, s3_secret_corpus, 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     res = evaluate(out / "ckpt", f"{s3_secret_corpus}/manifest.parquet", corpus.trials,
-                   backends=("cosine",), out_dir=out / "eval", progress=True, tsne=False)
+                   backend="cosine", out_dir=out / "eval", progress=True, tsne=False)
     assert 0.0 <= res.metrics["cosine"]["eer"] <= 1.0
     with pytest.raises(AudioError, match="credentials inside a URI are not accepted") as info:
         load_audio(f"s3://{s3_server.access_key}:{secret}@sec-corpus/wav/s0-u0.flac", SR, opts)

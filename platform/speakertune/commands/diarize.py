@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=d.window_s, help="window length, seconds")
     p.add_argument("--hop", type=float, default=d.hop_s, help="window hop, seconds")
     p.add_argument("--backend", choices=["cosine", "plda"], default=None,
-                   help="affinity backend (default: the library's choice)")
+                   help="affinity backend (default: the one the checkpoint was ranked on)")
     stop = p.add_mutually_exclusive_group(required=True)
     stop.add_argument("--threshold", type=float, help="stop merging below this affinity")
     stop.add_argument("--num-speakers", type=int, help="known number of speakers")

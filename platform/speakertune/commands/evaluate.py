@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
 
 from speakertune.redact import install as install_redaction
 from speakertune.redact import redact_text
-
-BACKENDS = {"cosine": ["cosine"], "plda": ["plda"], "both": ["cosine", "plda"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", required=True, help="checkpoint directory")
     ap.add_argument("--manifest", required=True, help="manifest (Parquet, local or s3://)")
     ap.add_argument("--trials", required=True, help="trial list 'enroll test label'")
-    ap.add_argument("--backend", choices=list(BACKENDS), default=None,
-                    help="scoring backend(s) (default: the library's choice)")
+    ap.add_argument("--backend", choices=["cosine", "plda", "both"], default=None,
+                    help="scoring backend(s) (default: the one the checkpoint was ranked on)")
     ap.add_argument("--asnorm-cohort", type=int, default=0, metavar="N",
                     help="AS-norm with the top-N cohort scores (0: off)")
     ap.add_argument("--fit-manifest", default=None,
@@ -37,11 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def backend_kwargs(choice: str | None) -> dict[str, Any]:
-    """``evaluate(backends=...)`` for ``--backend``; none given: the library's default."""
-    return {} if choice is None else {"backends": BACKENDS[choice]}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -51,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = evaluate(
-            args.checkpoint, args.manifest, args.trials, **backend_kwargs(args.backend),
+            args.checkpoint, args.manifest, args.trials, backend=args.backend,
             asnorm_cohort=args.asnorm_cohort or None, out_dir=args.out,
             fit_manifest=args.fit_manifest, batch_size=args.batch_size, device=args.device,
             max_seconds=args.max_seconds, progress=True, tsne=not args.no_tsne,

@@ -18,13 +18,16 @@ from typing import Any
 import numpy as np
 
 from speakertune.diarization.der import diarization_error
-from speakertune.diarization.diarize import Diarization, DiarizationError, DiarizeConfig, diarize
+from speakertune.diarization.diarize import (
+    Diarization,
+    DiarizationError,
+    DiarizeConfig,
+    checkpoint_affinity,
+    diarize,
+)
 from speakertune.diarization.rttm import Turn, read_rttm, write_rttm
 
 COLLAR_S = 0.25  # DER forgiveness collar around reference boundaries, seconds
-# The backend used when none is named. The one place to change for "the backend the checkpoint
-# ranked best on dev" (DiarizeConfig/diarize() still need a concrete name today).
-DEFAULT_BACKEND = "cosine"
 
 
 @dataclasses.dataclass
@@ -71,16 +74,6 @@ def plot_turns(path: Path, result: Diarization, reference: list[Turn], file_id: 
     plt.close(fig)
 
 
-def checkpoint_backend(ckpt: Any, name: str, where: str = "checkpoint") -> Any | None:
-    """The fitted backend object ``diarize`` needs for ``name`` (cosine needs none)."""
-    if name == "cosine":
-        return None
-    backend = ckpt.backends.get(name)
-    if backend is None:
-        raise DiarizationError(f"{where}: backend {name!r} but no fitted {name} saved")
-    return backend
-
-
 def diarize_files(
     checkpoint: str | Path, audio: Sequence[str], out_dir: str | Path, dcfg: DiarizeConfig, *,
     reference: str | Path | None = None, collar: float = COLLAR_S,
@@ -88,16 +81,17 @@ def diarize_files(
 ) -> BatchResult:
     """Diarize every recording in ``audio`` and write ``hypothesis.rttm``, ``<file>.png``,
     ``<file>_embeddings.npy`` and, with ``reference``, ``der.json`` under ``out_dir``.
-    ``dcfg.backend`` None: :data:`DEFAULT_BACKEND`."""
+    ``dcfg.backend`` None: the backend the checkpoint was ranked on (said in the log)."""
     from speakertune.checkpoint import load_checkpoint
     from speakertune.data.audio import load_audio
     from speakertune.data.errors import AudioError
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dcfg = dataclasses.replace(dcfg, backend=dcfg.backend or DEFAULT_BACKEND).validate()
     ckpt = load_checkpoint(checkpoint)
-    backend = checkpoint_backend(ckpt, dcfg.backend, str(checkpoint))
+    name, backend, why = checkpoint_affinity(ckpt, dcfg.validate().backend)
+    dcfg = dataclasses.replace(dcfg, backend=name)
+    log(f"backend {name}: {why}")
     ref_turns = read_rttm(reference) if reference else []
     if reference and not ref_turns:
         raise DiarizationError(f"{reference}: no SPEAKER lines, not a reference RTTM")

@@ -137,26 +137,16 @@ def results_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-def _choose_backends(
-    ckpt: Any, backend: str | None, backends: Sequence[str] | None
-) -> tuple[list[str], str, str]:
+def _choose_backends(ckpt: Any, backend: str | None) -> tuple[list[str], str, str]:
     """(backends to score, the primary one, why it is primary)."""
     if backend not in (None, "both", *VAL_BACKENDS):
         raise EvaluationError(f"backend {backend!r} is not cosine, plda, both or None")
     ranked, why = ckpt.ranked_backend()
-    if backends is not None:
-        names = list(dict.fromkeys(backends))
-    elif backend == "both":
-        names = list(VAL_BACKENDS)
-    else:
-        names = [backend or ranked]
-    if not names:
-        raise EvaluationError("no backend to score with")
-    if backend in names:
-        return names, backend, "as asked"
-    if ranked in names:
-        return names, ranked, why
-    return names, names[0], "as asked"
+    if backend is None:
+        return [ranked], ranked, why
+    if backend == "both":
+        return list(VAL_BACKENDS), ranked, why
+    return [backend], backend, "as asked"
 
 
 def _announce(primary: str, why: str, names: list[str], cfg: dict[str, Any],
@@ -206,7 +196,6 @@ def evaluate(
     trials: str | Path | pd.DataFrame,
     *,
     backend: str | None = None,
-    backends: Sequence[str] | None = None,
     asnorm_cohort: int | None = None,
     out_dir: str | Path | None = None,
     fit_manifest: str | Path | pd.DataFrame | None = None,
@@ -218,8 +207,8 @@ def evaluate(
     tsne: bool = True,
 ) -> EvalResult:
     """Score ``trials`` with a checkpoint. ``backend=None`` scores with the backend the
-    checkpoint was ranked on during the sweep; ``"cosine"``/``"plda"``/``"both"`` choose;
-    ``backends`` lists several explicitly. ``asnorm_cohort=N`` adds ``<name>+asnorm`` systems
+    checkpoint was ranked on during the sweep; ``"cosine"``/``"plda"``/``"both"`` choose.
+    ``asnorm_cohort=N`` adds ``<name>+asnorm`` systems
     with the top-N cohort. Embeddings are ``scoring.embed``'s: full utterances unless
     ``max_seconds``. ``result.backend`` (and a printed line) say which backend was used.
 
@@ -237,7 +226,7 @@ def evaluate(
     so = so or None
     man = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, so)
     tri = trials if isinstance(trials, pd.DataFrame) else read_trials(trials, storage_options=so)
-    names, primary, why = _choose_backends(ckpt, backend, backends)
+    names, primary, why = _choose_backends(ckpt, backend)
     eval_df, dev_df = _split_dev(man, tri)
     if fit_manifest is not None:
         dev_df = (fit_manifest if isinstance(fit_manifest, pd.DataFrame)
