@@ -87,7 +87,9 @@ def test_worker_crash_resumes_at_the_next_epoch(crashed_run):
 
 
 def _sklearn_eer(scores: np.ndarray, labels: np.ndarray) -> float:
-    fpr, tpr, _ = roc_curve(labels, scores)
+    # Every operating point: the default drop_intermediate=True removes the points along a
+    # straight run of the ROC, which can leave the reference several trials off the crossing.
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     fnr = 1 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2)
