@@ -1,11 +1,10 @@
 """Mixed precision on a GPU: one training epoch with amp off vs bf16 vs fp16 — time per epoch,
 peak GPU memory (torch.cuda.max_memory_allocated) and the validation EER after training.
 
-The training step is the trainer's own (``speakertune.train.trainer.run_epoch``: autocast,
-GradScaler
-for fp16, clipping, LR schedule, margin warm-up), run in one process on features cached in an
-``.npz`` so that a bare GPU machine needs only torch, numpy, pandas and scipy (no Ray, no audio
-stack). Two steps:
+The training step is the trainer's own (``speakertune.train.loop.run_epoch``: autocast,
+GradScaler for fp16, clipping, LR schedule, margin warm-up), run in one process on features
+cached in an ``.npz`` so that a bare GPU machine needs only torch, numpy, pandas and scipy (no
+Ray, no audio stack). Two steps:
 
     python benchmarks/amp_epoch.py --export data/amp_feats.npz   # anywhere: corpus -> features
     python benchmarks/amp_epoch.py --features data/amp_feats.npz [--quick]   # on the GPU
@@ -76,9 +75,9 @@ def run_mode(data: dict, mode: str, epochs: int, passes: int, device: torch.devi
     import pandas as pd
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
+    from speakertune.train.loop import SpeakerNet, run_epoch
     from speakertune.train.optim import build_optimizer, build_scheduler
     from speakertune.train.precision import autocast, grad_scaler, resolve_amp
-    from speakertune.train.trainer import SpeakerNet, run_epoch
     from speakertune.train.validation import embed_features, score_backends
 
     cfg = resolve(CFG, {"trainer.amp": mode})

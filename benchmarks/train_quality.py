@@ -84,7 +84,7 @@ def main() -> int:
     cfg = resolve(SMALL_ECAPA, {"trainer.epochs": epochs})
 
     import ray
-    from speakertune.train.trainer import train
+    from speakertune.train.driver import train
 
     ray.init(include_dashboard=False, log_to_driver=True)
     t0 = time.perf_counter()

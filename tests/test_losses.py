@@ -1,5 +1,5 @@
 """Losses against independent references (NumPy/SciPy/scikit-learn, explicit loops), margin
-properties, speaker-permutation invariance, auxiliary terms and the N x M batch sampler."""
+properties, speaker-permutation invariance, auxiliary terms and the N x M batcher."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from scipy.special import log_softmax
 from sklearn.metrics import log_loss
 from speakertune.config import ConfigError
-from speakertune.losses import EpisodeError, SpeakerBatchSampler, build_loss
+from speakertune.losses import EpisodeError, SpeakerBatcher, build_loss
 from speakertune.registry import LOSSES
 
 D, C = 8, 5
@@ -253,7 +253,7 @@ def test_end_to_end_losses_invariant_to_permuting_speakers(name: str) -> None:
 
 def test_end_to_end_losses_reject_non_episode_batches() -> None:
     emb = torch.randn(6, D)
-    with pytest.raises(EpisodeError, match="speaker-major.*SpeakerBatchSampler"):
+    with pytest.raises(EpisodeError, match="speaker-major.*SpeakerBatcher"):
         build_loss("ge2e", D, C)(emb, torch.tensor([0, 1, 0, 1, 2, 2]))
     with pytest.raises(EpisodeError, match="2 speakers x 2 utterances per batch, got 6 x 1"):
         build_loss("prototypical", D, C)(emb, torch.arange(6))
@@ -291,30 +291,61 @@ def test_loss_config_errors_name_the_field() -> None:
         build_loss({"name": "am_softmax", "margin": -1}, D, C)
 
 
-def test_sampler_yields_speaker_major_batches_and_counts_leftovers() -> None:
+def _stream(batcher: SpeakerBatcher, feats: np.ndarray, labels: np.ndarray,
+            chunk: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for i in range(0, labels.size, chunk):  # streamed in chunks, as a worker's shard arrives
+        out += batcher.add(feats[i : i + chunk], labels[i : i + chunk])
+    return out
+
+
+def test_batcher_yields_speaker_major_batches_and_counts_leftovers() -> None:
     rng = np.random.default_rng(0)
     counts = {0: 7, 1: 4, 2: 9, 3: 1, 4: 6, 5: 5}  # speaker 3 has too few utterances
     labels = rng.permutation(np.repeat(list(counts), list(counts.values())))
+    rows = np.arange(labels.size)[:, None]  # each row carries its own index
     n, m = 3, 2
-    sampler = SpeakerBatchSampler(labels, n_speakers=n, m_utts=m, seed=1)
-    assert sampler.skipped_speakers == 1
-    batches = list(sampler)
-    assert len(batches) == len(sampler) > 0
-    seen = [i for b in batches for i in b]
+    batcher = SpeakerBatcher(n_speakers=n, m_utts=m, rng=np.random.default_rng(1))
+    batches = _stream(batcher, rows, labels, 5)
+    assert len(batches) > 0
+    seen = [int(i) for x, _ in batches for i in x[:, 0]]
     assert len(seen) == len(set(seen))  # no utterance twice in an epoch
-    for b in batches:
-        spk = labels[b].reshape(n, m)
+    for x, y in batches:
+        assert (labels[x[:, 0]] == y).all()  # every row keeps its own label
+        spk = y.reshape(n, m)
         assert (spk == spk[:, :1]).all() and len(set(spk[:, 0])) == n
-        build_loss("ge2e", D, C)(torch.randn(n * m, D), torch.tensor(labels[b]))  # accepted
-    eligible = sum(c for c in counts.values() if c >= m)
-    assert len(seen) + sampler.unused_utterances == eligible
-    assert sampler.unused_utterances < n * m + sum(c % m for c in counts.values())
-    again = SpeakerBatchSampler(labels, n, m, seed=1)
-    assert list(again) == batches  # reproducible
-    again.set_epoch(1)
-    assert list(again) != batches  # reshuffled per epoch
-    with pytest.raises(ValueError, match="only 5 speakers have >= 2 utterances"):
-        SpeakerBatchSampler(labels, n_speakers=6, m_utts=2)
+        build_loss("ge2e", D, C)(torch.randn(n * m, D), torch.from_numpy(y))  # accepted
+    assert len(seen) + batcher.leftover() == labels.size  # nothing dropped silently
+    unused = batcher.leftover() - counts[3]  # left over among speakers with >= m utterances
+    assert unused < n * m + sum(c % m for c in counts.values())
+
+    def rows_of(out: list) -> list[list[int]]:
+        return [x[:, 0].tolist() for x, _ in out]
+
+    again = SpeakerBatcher(n, m, np.random.default_rng(1))
+    assert rows_of(_stream(again, rows, labels, 5)) == rows_of(batches)  # reproducible
+    other = SpeakerBatcher(n, m, np.random.default_rng([1, 1]))  # the next epoch's generator
+    assert rows_of(_stream(other, rows, labels, 5)) != rows_of(batches)  # reshuffled
+    with pytest.raises(ValueError, match="need n_speakers >= 2 and m_utts >= 2"):
+        SpeakerBatcher(n_speakers=3, m_utts=1, rng=rng)
+
+
+def test_batcher_makes_speaker_major_batches_and_loses_nothing() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 5)  # 6 speakers x 5 rows
+    rng.shuffle(labels)
+    feats = np.arange(labels.size, dtype=np.float32)[:, None, None] * np.ones((1, 3, 2))
+    batcher = SpeakerBatcher(n_speakers=3, m_utts=2, rng=rng)
+    out = _stream(batcher, feats, labels, 7)  # uneven chunks
+    seen = []
+    for x, y in out:
+        assert x.shape == (6, 3, 2)
+        assert len(set(y.tolist())) == 3 and (y[0::2] == y[1::2]).all()  # speaker-major pairs
+        ids = x[:, 0, 0].astype(int)
+        assert (labels[ids] == y).all()  # every row keeps its own label
+        seen += ids.tolist()
+    assert len(seen) == len(set(seen))  # no row used twice
+    assert len(seen) + batcher.leftover() == labels.size
 
 
 def test_ring_radius_is_learned() -> None:

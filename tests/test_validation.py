@@ -1,5 +1,4 @@
-"""Validation helpers (no Ray): sampling, cropping, embedding batches, backend scoring, and the
-N x M regrouping of streamed rows for end-to-end losses."""
+"""Validation helpers (no Ray): sampling, cropping, embedding batches and backend scoring."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_curve
-from speakertune.train.trainer import SpeakerBatcher
 from speakertune.train.validation import embed_features, score_backends
 
 
@@ -72,22 +70,3 @@ def test_score_backends_drops_trials_of_missing_utterances():
     assert res.dropped_trials == 1 and len(res.labels) == 3
     assert res.metrics["val_eer"] == res.metrics["val_eer_cosine"]
 
-
-def test_speaker_batcher_makes_speaker_major_batches_and_loses_nothing():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(6), 5)  # 6 speakers x 5 rows
-    rng.shuffle(labels)
-    feats = np.arange(labels.size, dtype=np.float32)[:, None, None] * np.ones((1, 3, 2))
-    batcher = SpeakerBatcher(n_speakers=3, m_utts=2, rng=rng)
-    out = []
-    for i in range(0, labels.size, 7):  # streamed in uneven chunks
-        out += batcher.add(feats[i : i + 7], labels[i : i + 7])
-    seen = []
-    for x, y in out:
-        assert x.shape == (6, 3, 2)
-        assert len(set(y.tolist())) == 3 and (y[0::2] == y[1::2]).all()  # speaker-major pairs
-        ids = x[:, 0, 0].astype(int)
-        assert (labels[ids] == y).all()  # every row keeps its own label
-        seen += ids.tolist()
-    assert len(seen) == len(set(seen))  # no row used twice
-    assert len(seen) + batcher.leftover() == labels.size

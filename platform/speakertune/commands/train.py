@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from speakertune.train.trainer import TrainerError, train
+    from speakertune.train.driver import TrainerError, train
 
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False)

@@ -20,7 +20,7 @@ from speakertune.losses import (  # noqa: F401  (imported to register the losses
     softmax,
 )
 from speakertune.losses.episodes import EpisodeError
-from speakertune.losses.sampler import SpeakerBatchSampler
+from speakertune.losses.sampler import SpeakerBatcher
 from speakertune.registry import LOSSES, build_checked
 
 AUXILIARY = ("center", "ring")
@@ -72,4 +72,4 @@ def build_loss(loss_cfg: dict[str, Any] | str, embed_dim: int, num_classes: int)
     return SpeakerLoss(main, aux)
 
 
-__all__ = ["EpisodeError", "SpeakerBatchSampler", "SpeakerLoss", "build_loss"]
+__all__ = ["EpisodeError", "SpeakerBatcher", "SpeakerLoss", "build_loss"]

@@ -25,7 +25,7 @@ def as_episode(emb: torch.Tensor, labels: torch.Tensor, loss: str,
     if not ok:
         raise EpisodeError(
             f"loss {loss!r} needs a batch of N speakers x M utterances in speaker-major order "
-            f"(use SpeakerBatchSampler); got labels {labels.tolist()[:24]}"
+            f"(use speakertune.losses.SpeakerBatcher); got labels {labels.tolist()[:24]}"
         )
     if m < min_utts or n < 2:
         raise EpisodeError(

@@ -2,66 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-
 import numpy as np
 
 
-class SpeakerBatchSampler:
-    """Yields lists of N*M row indices: utterances 0..M-1 of speaker 1, then of speaker 2...
+class SpeakerBatcher:
+    """Regroups streamed rows into N speakers x M utterances batches (speaker-major): rows of
+    speaker 1, then of speaker 2...
 
-    Each epoch every speaker's utterances are shuffled and cut into groups of M; batches draw
-    N distinct speakers, favouring those with most groups left, until fewer than N speakers
-    have groups. Nothing is dropped silently: ``skipped_speakers`` (fewer than M utterances)
-    and ``unused_utterances`` (left over this epoch) are reported.
+    Training rows arrive as a stream (a Ray Data shard, no random access), so rows are pooled
+    per speaker and a batch is cut as soon as N speakers have M rows each. The N speakers are
+    drawn favouring those with the most complete groups pooled, which strands fewer rows at the
+    end of an epoch than a uniform draw. Nothing is dropped silently: ``leftover()`` counts the
+    rows no batch could take (including those of speakers with fewer than M rows).
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray, n_speakers: int, m_utts: int,
-                 seed: int = 0) -> None:
+    def __init__(self, n_speakers: int, m_utts: int, rng: np.random.Generator) -> None:
         if n_speakers < 2 or m_utts < 2:
             raise ValueError(f"need n_speakers >= 2 and m_utts >= 2, got {n_speakers} x {m_utts}")
-        labels = np.asarray(labels)
-        self.n, self.m, self.seed, self.epoch = n_speakers, m_utts, seed, 0
-        speakers, inverse = np.unique(labels, return_inverse=True)
-        by_spk = [np.flatnonzero(inverse == i) for i in range(len(speakers))]
-        self._utts = {int(speakers[i]): idx for i, idx in enumerate(by_spk) if len(idx) >= m_utts}
-        self.skipped_speakers = len(speakers) - len(self._utts)
-        if len(self._utts) < n_speakers:
-            raise ValueError(
-                f"SpeakerBatchSampler: only {len(self._utts)} speakers have >= {m_utts} "
-                f"utterances, fewer than n_speakers={n_speakers}"
-            )
-        self.unused_utterances = 0
-        self._plan: list[list[int]] | None = None
+        self.n, self.m, self.rng = n_speakers, m_utts, rng
+        self.pool: dict[int, list[np.ndarray]] = {}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._plan = epoch, None
-
-    def _make_plan(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        groups: dict[int, list[np.ndarray]] = {}
-        for spk, idx in self._utts.items():
-            perm = rng.permutation(idx)
-            k = len(perm) // self.m
-            groups[spk] = [perm[i * self.m:(i + 1) * self.m] for i in range(k)]
-        batches = []
+    def add(self, feats: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Pool ``feats`` (one row per label) and return the batches now complete, each as
+        ``(rows [N*M, ...], labels [N*M])``."""
+        for f, y in zip(feats, labels):
+            self.pool.setdefault(int(y), []).append(f)
+        out = []
         while True:
-            alive = [s for s, g in groups.items() if g]
-            if len(alive) < self.n:
-                break
-            left = np.array([len(groups[s]) for s in alive], dtype=float)
-            chosen = rng.choice(len(alive), size=self.n, replace=False, p=left / left.sum())
-            batches.append([int(i) for c in chosen for i in groups[alive[c]].pop()])
-        used = len(batches) * self.n * self.m
-        self.unused_utterances = sum(len(i) for i in self._utts.values()) - used
-        return batches
+            ready = sorted(k for k, v in self.pool.items() if len(v) >= self.m)
+            if len(ready) < self.n:
+                return out
+            groups = np.array([len(self.pool[k]) // self.m for k in ready], dtype=float)
+            picked = self.rng.choice(ready, size=self.n, replace=False, p=groups / groups.sum())
+            rows, ys = [], []
+            for k in picked:
+                rows += [self.pool[int(k)].pop() for _ in range(self.m)]
+                ys += [int(k)] * self.m
+            out.append((np.stack(rows), np.asarray(ys, dtype=np.int64)))
 
-    def __iter__(self) -> Iterator[list[int]]:
-        if self._plan is None:
-            self._plan = self._make_plan()
-        yield from self._plan
-
-    def __len__(self) -> int:
-        if self._plan is None:
-            self._plan = self._make_plan()
-        return len(self._plan)
+    def leftover(self) -> int:
+        """Rows pooled but not (yet) in any batch."""
+        return sum(len(v) for v in self.pool.values())

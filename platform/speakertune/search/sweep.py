@@ -75,7 +75,7 @@ def absolute_data_paths(cfg: dict[str, Any], cwd: Path | None = None) -> dict[st
 
 def trial_resources(cfg: dict[str, Any]) -> dict[str, float]:
     try:
-        from speakertune.train.trainer import trial_resources as from_trainer
+        from speakertune.train.driver import trial_resources as from_trainer
     except ImportError:  # same arithmetic as the trainer's contract
         t = cfg["trainer"]
         n = int(t["num_workers"])
@@ -130,7 +130,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
     cfg = trial_config(spec["base"], dict(config), spec["components"])
     factory = spec["factory"]
     if factory is None:
-        from speakertune.train.trainer import make_trainer as factory
+        from speakertune.train.driver import make_trainer as factory
     trial_id = tune.get_context().get_trial_id()
     # A fixed Train run name per trial: a retried or resumed trial continues its own Train run
     # from that run's latest checkpoint instead of starting over.

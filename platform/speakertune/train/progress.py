@@ -1,8 +1,12 @@
-"""TensorBoard logging of one trial (tensorboardX), written by the rank-0 worker only."""
+"""What a run leaves to watch it by, written by the rank-0 worker only: a line per epoch on
+stdout and in ``progress.log``, each epoch's metrics in ``history.jsonl`` (``read_history``
+reads them back), and TensorBoard event files (tensorboardX) with a DET curve at the end."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +28,49 @@ SCALARS = {
 }
 
 
+class Progress:
+    """One line per epoch on stdout and in ``<run dir>/progress.log``, and each epoch's metrics
+    as a JSON line in ``<run dir>/history.jsonl``."""
+
+    def __init__(self, run_dir: str | None) -> None:
+        self.dir = Path(run_dir) if run_dir else None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, line: str) -> None:
+        # Not print(): Ray Train patches it in workers to log *and* echo to the wrapped stdout,
+        # so each line reached the driver twice.
+        sys.stdout.write(f"[speakertune] {line}\n")
+        sys.stdout.flush()
+        if self.dir:
+            with open(self.dir / "progress.log", "a") as fh:
+                fh.write(line + "\n")
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        if self.dir:
+            with open(self.dir / "history.jsonl", "a") as fh:
+                fh.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per-epoch metrics of a run, in order (a resumed epoch appears once, its last report)."""
+    path = Path(run_dir) / "history.jsonl"
+    if not path.is_file():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_epoch[int(row["epoch"])] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 class TrialLog:
-    """Scalars per epoch plus a DET-curve image at the end, under ``logdir``.
+    """TensorBoard scalars per epoch plus a DET-curve image at the end, under ``logdir``.
 
     Each epoch gets its own short-lived writer (one event file per epoch): tensorboardX queues
     events for a background thread and only ``close()`` drains that queue, so a worker killed
