@@ -128,9 +128,10 @@ def _speaker_job(args: tuple[int, int, int, int, str, str]) -> list[dict[str, An
 def session_voice(profile: dict[str, Any], seed: int, index: int, session: int) -> dict:
     """The speaker on that day: pitch, range and rate shift a little between sessions."""
     rng = np.random.default_rng([seed, 7, index, session])
-    return {**profile, "pitch": int(np.clip(profile["pitch"] + rng.integers(-6, 7), 0, 100)),
-            "range": int(np.clip(profile["range"] + rng.integers(-8, 9), 0, 100)),
-            "rate": int(profile["rate"] * rng.uniform(0.9, 1.1))}
+    return {**profile, "pitch": int(np.clip(profile["pitch"] + rng.integers(-10, 11), 0, 100)),
+            "range": int(np.clip(profile["range"] + rng.integers(-10, 11), 0, 100)),
+            "rate": int(profile["rate"] * rng.uniform(0.85, 1.15)),
+            "alpha": profile["alpha"] * float(rng.uniform(0.98, 1.02))}
 
 
 def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
