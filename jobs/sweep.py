@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from speakertune import redact  # noqa: E402
 from speakertune.config import ConfigError  # noqa: E402
-from speakertune.search.space import check_builds, load_space  # noqa: E402
+from speakertune.search.sampler import check_builds  # noqa: E402
+from speakertune.search.space import load_space  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
