@@ -226,8 +226,8 @@ def test_ray_dashboard_binds_to_localhost_by_default():
     no authentication, so every way the sweep starts or joins Ray binds it to loopback."""
     import ray
 
-    pytest.importorskip("speakertune.search.sweep")
-    from speakertune.search.sweep import ray_init_kwargs
+    pytest.importorskip("speakertune.search.ray_runtime")
+    from speakertune.search.ray_runtime import ray_init_kwargs
 
     accepted = set(inspect.signature(ray.init).parameters)
     local = ray_init_kwargs(None)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from speakertune.checkpoint import load_val_scores
 from speakertune.search import leaderboard as lb
-from speakertune.search import sweep
+from speakertune.search import ray_runtime, sweep
 from speakertune.search.space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,9 +203,9 @@ def test_orphan_placement_group_is_reaped(ray_local) -> None:
     ray.kill(creator)  # the creator dies without removing its group, like a stopped trial's
     time.sleep(1.0)
     assert placement_group_table()[pg_id]["state"] == "CREATED"
-    assert sweep.reap_orphan_placement_groups() >= 1
+    assert ray_runtime.reap_orphan_placement_groups() >= 1
     _wait_for(lambda: placement_group_table()[pg_id]["state"] == "REMOVED", 10, "removal")
-    assert sweep.reap_orphan_placement_groups() == 0
+    assert ray_runtime.reap_orphan_placement_groups() == 0
 
 
 def _record(

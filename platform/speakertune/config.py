@@ -154,17 +154,23 @@ def get_dotted(cfg: dict[str, Any], path: str, default: Any = None) -> Any:
 def resolve(overrides: dict[str, Any] | None = None, flat: dict[str, Any] | None = None) -> dict:
     """Defaults <- nested ``overrides`` <- dotted ``flat`` values (e.g. sampled parameters)."""
     cfg = deep_merge(DEFAULTS, overrides or {})
-    flat = dict(flat or {})
-    # A sampled component name (``loss.name``) that differs from the base replaces the whole
-    # component block, so options of the base component (a margin) never leak into another one.
-    for path in sorted(p for p in flat if p.endswith(".name")):
-        parent = path[: -len(".name")]
-        if get_dotted(cfg, path) != flat[path]:
-            set_dotted(cfg, parent, {})
-        set_dotted(cfg, path, flat.pop(path))
-    for path, value in flat.items():
+    for path, value in set_names(cfg, flat or {}).items():
         set_dotted(cfg, path, value)
     return cfg
+
+
+def set_names(cfg: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
+    """Set the dotted ``<section>.name`` values of ``flat`` in ``cfg``; return the other values.
+
+    A name that differs from ``cfg``'s replaces the whole section, so options of the previous
+    component (a margin) never leak into another one (as in ``deep_merge``).
+    """
+    rest = dict(flat)
+    for path in sorted(p for p in flat if p.endswith(".name")):
+        if get_dotted(cfg, path) != flat[path]:
+            set_dotted(cfg, path[: -len(".name")], {})
+        set_dotted(cfg, path, rest.pop(path))
+    return rest
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import sys
 
 from speakertune import redact
 from speakertune.config import ConfigError
-from speakertune.search.space import SearchSpace, check_builds, load_space
+from speakertune.search.sampler import check_builds
+from speakertune.search.space import SearchSpace, load_space
 
 
 def build_parser() -> argparse.ArgumentParser:

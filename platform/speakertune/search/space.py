@@ -1,4 +1,4 @@
-"""Search-space YAML: parsing, validation and Optuna define-by-run sampling.
+"""Search-space YAML: the format, parsing and validation (sampling is in ``search.sampler``).
 
 A space file has ``base`` (fixed config merged over ``config.DEFAULTS``), ``params`` (dotted config
 path -> one distribution, optionally ``when`` another parameter has given values), ``search``,
@@ -8,13 +8,12 @@ second, not a cluster; each error is one line naming the file and the key path.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, resolve, set_dotted
+from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml
 
 
 def _spaces_dir() -> Path:
@@ -91,6 +90,8 @@ class SearchSpace:
 
     def trial_config(self, flat: dict[str, Any]) -> dict[str, Any]:
         """The full trial config: DEFAULTS <- base <- resources <- sampled values."""
+        from speakertune.search.sampler import trial_config  # sampler imports this module
+
         return trial_config(self.base, flat, self.components)
 
 
@@ -384,94 +385,3 @@ def _resources_to_trainer(res: dict[str, Any]) -> dict[str, Any]:
     if res.get("gpus_per_worker", 0) > 0:
         out.setdefault("use_gpu", True)
     return out
-
-
-def active(param: Param, values: dict[str, Any]) -> bool:
-    """Whether ``param``'s conditions hold for the values sampled so far."""
-    return all(dep in values and values[dep] in allowed for dep, allowed in param.when.items())
-
-
-def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
-    """Sample the active parameters with an Optuna trial (define-by-run); returns path -> value."""
-    values: dict[str, Any] = {}
-    for p in space.params.values():
-        if not active(p, values):
-            continue
-        if p.kind == "choice":
-            values[p.path] = trial.suggest_categorical(p.path, p.args)
-        elif p.kind == "int":
-            values[p.path] = trial.suggest_int(p.path, p.args[0], p.args[1], step=p.step or 1)
-        else:
-            values[p.path] = trial.suggest_float(
-                p.path, float(p.args[0]), float(p.args[1]), log=p.kind == "loguniform", step=p.step
-            )
-    return values
-
-
-class SpaceSampler:
-    """Picklable define-by-run function for ``OptunaSearch(space=...)``."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-
-    def __call__(self, trial: Any) -> None:
-        suggest(trial, self.space)  # OptunaSearch reads the values off the trial
-
-
-def trial_config(
-    base: dict[str, Any],
-    flat: dict[str, Any],
-    components: dict[str, dict[str, dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
-    """DEFAULTS <- base <- per-component kwargs <- sampled dotted values.
-
-    A sampled ``<component>.name`` that differs from the base replaces that component's dict
-    (like ``config.deep_merge``), so that e.g. a default margin never rides on plain softmax.
-    """
-    cfg = resolve(base)
-    for path, value in flat.items():
-        parts = path.split(".")
-        if len(parts) == 2 and parts[1] == "name" and isinstance(cfg.get(parts[0]), dict):
-            if cfg[parts[0]].get("name") != value:
-                cfg[parts[0]] = {"name": value}
-    for section, by_name in (components or {}).items():
-        node = cfg.get(section)
-        if isinstance(node, dict) and node.get("name") in by_name:
-            cfg[section] = {**node, **copy.deepcopy(by_name[node["name"]]), "name": node["name"]}
-    for path, value in flat.items():
-        set_dotted(cfg, path, copy.deepcopy(value))
-    return cfg
-
-
-def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
-    """Build the encoder and loss of every component choice (plus a few random samples), so a
-    bad component option fails here, before Ray starts. Returns the number of configs built."""
-    import optuna
-
-    from speakertune.frontend.features import feature_dim
-    from speakertune.losses import build_loss
-    from speakertune.models import build_encoder
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    for p in space.params.values():
-        if p.kind == "choice" and p.path.split(".")[0] in COMPONENTS and p.path.endswith(".name"):
-            for v in p.args:
-                study.enqueue_trial({p.path: v}, skip_if_exists=True)
-    n = len(study.get_trials()) + samples
-    seen: set[str] = set()
-    for _ in range(n):
-        flat = suggest(study.ask(), space)
-        cfg = space.trial_config(flat)
-        key = repr([cfg.get(k) for k in ("model", "pooling", "loss", "features", "embed_dim")])
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dim = feature_dim(cfg)
-            build_encoder(cfg["model"], cfg["pooling"], dim, int(cfg["embed_dim"]))
-            build_loss(cfg["loss"], int(cfg["embed_dim"]), 8)
-        except (ConfigError, ValueError, TypeError, KeyError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpaceError(f"{space.source}: {msg} (with {flat})") from None
-    return len(seen)

@@ -1,0 +1,99 @@
+"""The end-of-sweep report: Ray Tune results -> ``TrialRecord``s -> leaderboard files.
+
+The files themselves (Markdown/CSV leaderboard, importances, DET plot, ``best/``) are written by
+``search.leaderboard``, which works on plain records without Ray running.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from speakertune.redact import redact_config, redact_text
+from speakertune.search import leaderboard as lb
+from speakertune.search.sampler import trial_config
+from speakertune.search.space import SearchSpace
+from speakertune.train.driver import trial_resources
+
+
+@dataclass
+class SweepResult:
+    name: str
+    experiment_path: str
+    report_dir: Path
+    leaderboard: pd.DataFrame
+    files: dict[str, Path | None]
+    num_errors: int
+
+
+def records_from_results(
+    results: Any, space: SearchSpace, base_cfg: dict[str, Any]
+) -> list[lb.TrialRecord]:
+    """One ``TrialRecord`` per result of a Tune ``ResultGrid`` (errored trials included)."""
+    out = []
+    for res in results:
+        hist = res.metrics_dataframe
+        hist = hist if hist is not None else pd.DataFrame()
+        if "epoch" in hist:  # a resumed run may repeat an epoch it had not finished reporting
+            hist = hist.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+        params = {k: v for k, v in (res.config or {}).items() if k in space.params}
+        cfg = trial_config(base_cfg, params, space.components)
+        # Records feed every written report (leaderboard, trial.json): no credentials in them.
+        params = redact_config(params)
+        metrics = res.metrics or {}
+        # A trial that never reported has no metrics: its id is in its directory's name.
+        m = re.search(r"_trial_fn_([0-9a-f]+)_", Path(str(res.path)).name)
+        trial_id = metrics.get("trial_id") or (m.group(1) if m else Path(str(res.path)).name)
+        err = None if res.error is None else redact_text(str(res.error).strip().splitlines()[-1])
+        out.append(
+            lb.TrialRecord(
+                trial_id=str(trial_id),
+                params=params,
+                history=hist,
+                status="ERROR" if err else "TERMINATED",
+                resources=trial_resources(cfg),
+                time_s=float(metrics.get("time_total_s", 0.0) or 0.0),
+                error=err,
+            )
+        )
+    return out
+
+
+def write_report(
+    records: list[lb.TrialRecord],
+    space: SearchSpace,
+    *,
+    name: str,
+    exp_path: str,
+    report_dir: Path,
+    det_top_n: int = 3,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Rank ``records`` and write the report files into ``report_dir``; log where they are."""
+    s = space.search
+    asha = space.scheduler.get("asha")  # absent for FIFO; when present, max_t is always set
+    max_t = asha["max_t"] if asha else space.trial_config({})["trainer"]["epochs"]
+    df = lb.rank_trials(records, metric=s["metric"], mode=s["mode"], max_t=max_t)
+    files: dict[str, Path | None] = dict(
+        lb.write_leaderboard(df, report_dir, title=f"Sweep {name}")
+    )
+    log("\n" + lb.to_markdown(df))
+    imp, reason = lb.param_importances(records, space, metric=s["metric"], mode=s["mode"])
+    files["importances"] = lb.write_importances(imp, reason, report_dir)
+    log("parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in imp.items()) or reason))
+    files["det"] = (
+        lb.det_top(df, report_dir / "det_top.png", top=det_top_n, log=log) if det_top_n else None
+    )
+    best = df[df["checkpoint"].notna()].head(1)
+    files["best"] = lb.export_best(best.iloc[0], report_dir / "best") if len(best) else None
+    errors = sum(r.status == "ERROR" for r in records)
+    log(f"leaderboard: {files['markdown']}  ({len(records)} trials, {errors} failed)")
+    for key in ("csv", "importances", "det", "best"):
+        if files.get(key):
+            log(f"{key}: {files[key]}")
+    return SweepResult(name, exp_path, report_dir, df, files, errors)
