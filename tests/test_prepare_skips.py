@@ -154,3 +154,16 @@ def test_builtin_banks_serve_a_prepared_corpus(tmp_path: Path) -> None:
     assert all(u.startswith(str(tmp_path / "banks")) for u in aug.rir_uris)
     x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     assert aug.waveform(x, np.random.default_rng(1)).shape == x.shape
+
+
+def test_a_missing_bank_is_a_space_error_before_ray(tmp_path: Path, capsys) -> None:
+    import yaml
+    from speakertune.commands.sweep import main
+
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "banks", "base": {"augment": {"noise_bank": str(tmp_path / "musan")}},
+        "params": {"augment.noise_prob": {"uniform": [0.2, 0.8]}}}))
+    assert main(["--space", str(space), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {space}: augment.noise_bank: ") and err.endswith("not found")

@@ -84,9 +84,11 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
                 study.enqueue_trial({p.path: v}, skip_if_exists=True)
     n = len(study.get_trials()) + samples
     seen: set[str] = set()
+    banks: set[str] = set()
     for _ in range(n):
         flat = suggest(study.ask(), space)
         cfg = space.trial_config(flat)
+        _check_banks_once(cfg, space.source, banks)
         key = repr([cfg[k] for k in ("model", "pooling", "loss", "features", "embed_dim")])
         if key in seen:
             continue
@@ -99,3 +101,17 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SpaceError(f"{space.source}: {msg} (with {flat})") from None
     return len(seen)
+
+
+def _check_banks_once(cfg: dict[str, Any], source: str, seen: set[str]) -> None:
+    """A noise/RIR bank the augmentation needs must exist and hold audio (listed once each)."""
+    from speakertune.frontend.banks import AugmentError, check_banks, needed_banks
+
+    aug = cfg["augment"]
+    key = repr(("banks", needed_banks(aug), aug["noise_bank"], aug["rir_bank"]))
+    if key not in seen:
+        seen.add(key)
+        try:
+            check_banks(cfg, where=f"{source}: augment")
+        except AugmentError as exc:
+            raise SpaceError(str(exc)) from None

@@ -41,6 +41,12 @@ def check_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"trainer.val_backend: {t['val_backend']!r} is not best, cosine or plda")
     if math.isnan(float(t["grad_clip"] or 0)):  # None means no clipping
         raise ConfigError("trainer.grad_clip: must be a number")
+    from speakertune.frontend.banks import AugmentError, check_banks
+
+    try:
+        check_banks(resolved(cfg))
+    except AugmentError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _gpus_per_worker(t: dict[str, Any]) -> float:
