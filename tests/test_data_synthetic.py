@@ -13,7 +13,13 @@ import torchaudio
 from speakertune.data.corpus import load_corpus
 from speakertune.data.errors import DataError, TrialsError
 from speakertune.data.manifest import read_manifest
-from speakertune.data.synthetic import colored_noise, ensure_synthetic_corpus, speaker_profile
+from speakertune.data.synthetic import (
+    channel_rooms,
+    colored_noise,
+    ensure_synthetic_corpus,
+    speaker_profile,
+    synth_utterance,
+)
 from speakertune.data.trials import read_trials
 
 TINY = {"corpus": "synthetic", "speakers": 8, "utts_per_speaker": 4, "val_speakers": 2}
@@ -97,17 +103,65 @@ def _mfcc_means(uris) -> np.ndarray:
     return np.stack(out)
 
 
-def test_speakers_differ_more_than_utterances_of_one_speaker(tiny_corpus):
-    df = read_manifest(tiny_corpus / "manifest.parquet")
-    x = _mfcc_means(df["uri"])
+def test_clean_voices_differ_more_than_utterances_of_one_speaker(tmp_path):
+    """The voice design itself, before any channel: each speaker's clean speech is closer to
+    its own other utterances than to other speakers'."""
+    paths, spk = [], []
+    for index in range(6):
+        profile = speaker_profile(index, 0)
+        for u in range(3):
+            wave = synth_utterance(profile, np.random.default_rng([0, 2, index, u]))
+            paths.append(tmp_path / f"{index}_{u}.wav")
+            sf.write(paths[-1], wave, 16000)
+            spk.append(index)
+    x = _mfcc_means(paths)
     x = x - x.mean(axis=0)  # centre: cosine then measures deviations from the average voice
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     cos = x @ x.T
-    same = df["spk"].to_numpy()[:, None] == df["spk"].to_numpy()[None, :]
-    off_diag = ~np.eye(len(df), dtype=bool)
+    same = np.equal.outer(spk, spk)
+    off_diag = ~np.eye(len(spk), dtype=bool)
     within, between = cos[same & off_diag].mean(), cos[~same].mean()
     print(f"MFCC-mean cosine: within-speaker {within:.3f}, between-speaker {between:.3f}")
     assert within > between + 0.3, (within, between)
+
+
+def test_sessions_have_their_own_channel(tiny_corpus):
+    """Every utterance of the tiny corpus is its own session (4 utterances, 4 sessions), each
+    through a drawn channel; a speaker's trials cross sessions."""
+    df = read_manifest(tiny_corpus / "manifest.parquet")
+    assert df.groupby("spk")["session"].nunique().eq(4).all()
+    assert df["channel"].nunique() == len(df)  # drawn per session
+    assert len(list((tiny_corpus / "channels").glob("room_*.flac"))) == channel_rooms(8) == 4
+    trials = read_trials(tiny_corpus / "trials.txt")
+    session = dict(zip(df["utt"], df["session"]))
+    target = trials[trials["label"] == 1]
+    assert len(target) and all(session[a] != session[b] for a, b in
+                               zip(target["enroll"], target["test"]))
+
+
+def test_channel_colours_speech_as_its_filters_say():
+    """With noise far below the speech, the output/input power spectrum is the microphone's
+    response: band-pass x tilt x EQ, computed independently with scipy.signal.freqz."""
+    from scipy.signal import butter, firwin2, freqz, sosfreqz, welch
+    from speakertune.data.channels import EQ_BANDS_HZ, Channel, apply_channel
+
+    rng = np.random.default_rng(0)
+    ch = Channel(room=None, noise="white", snr_db=80.0, low_hz=200.0, high_hz=3500.0,
+                 tilt=0.5, eq_db=tuple(rng.normal(0, 6, len(EQ_BANDS_HZ))), gain=0.5)
+    x = rng.standard_normal(160000)
+    y = apply_channel(x, ch, None, rng.standard_normal(len(x)), 16000)
+    f, px = welch(x, 16000, nperseg=1024)
+    _, py = welch(y.astype(np.float64), 16000, nperseg=1024)
+    measured = 10 * np.log10(py / px)
+    sos = butter(2, [200 / 8000, 3500 / 8000], "bandpass", output="sos")
+    freqs = np.concatenate([[0.0], EQ_BANDS_HZ, [8000.0]]) / 8000
+    gains = 10 ** (np.concatenate([[ch.eq_db[0]], ch.eq_db, [ch.eq_db[-1]]]) / 20)
+    h = (sosfreqz(sos, worN=f, fs=16000)[1] * freqz([1, -0.5], worN=f, fs=16000)[1]
+         * freqz(firwin2(257, freqs, gains), worN=f, fs=16000)[1])
+    expected = 20 * np.log10(np.abs(h) + 1e-12)
+    band = (f > 300) & (f < 3200)
+    offset = np.median(measured[band] - expected[band])  # the output is rescaled to ch.gain
+    assert np.abs(measured[band] - expected[band] - offset).max() < 1.5
 
 
 def test_load_corpus_on_the_tiny_corpus(tiny_corpus, tmp_path):

@@ -40,11 +40,11 @@ def draw_channel(rng: np.random.Generator, rooms: int) -> Channel:
     return Channel(
         room=None if rng.random() < 0.1 or rooms == 0 else int(rng.integers(rooms)),
         noise=str(rng.choice(NOISE_KINDS)),
-        snr_db=float(rng.uniform(0.0, 12.0)),
+        snr_db=float(rng.uniform(-2.0, 10.0)),
         low_hz=float(np.exp(rng.uniform(np.log(60.0), np.log(800.0)))),
         high_hz=float(rng.uniform(2200.0, 7600.0)),
         tilt=float(rng.uniform(-0.9, 0.9)),
-        eq_db=tuple(float(g) for g in rng.normal(0.0, 6.0, len(EQ_BANDS_HZ))),
+        eq_db=tuple(float(g) for g in rng.normal(0.0, 7.0, len(EQ_BANDS_HZ))),
         gain=float(rng.uniform(0.3, 0.9)),
     )
 

@@ -131,7 +131,7 @@ def session_voice(profile: dict[str, Any], seed: int, index: int, session: int) 
     return {**profile, "pitch": int(np.clip(profile["pitch"] + rng.integers(-10, 11), 0, 100)),
             "range": int(np.clip(profile["range"] + rng.integers(-10, 11), 0, 100)),
             "rate": int(profile["rate"] * rng.uniform(0.85, 1.15)),
-            "alpha": profile["alpha"] * float(rng.uniform(0.98, 1.02))}
+            "alpha": profile["alpha"] * float(rng.uniform(0.97, 1.03))}
 
 
 def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -314,7 +314,7 @@ def _build_banks(root: Path, params: dict[str, Any], pmap: Callable, progress: C
     kinds = ["white", "pink", "brown"] * 2 + ["music"] * 4 + ["babble"] * 6
     noise_rows = pmap(_noise_job, [(i, k, seed, str(root)) for i, k in enumerate(kinds)])
     rir_rows = pmap(_rir_job, [(i, seed, str(root), "rir") for i in range(params["rirs"])])
-    rooms = CHANNEL_ROOMS if params.get("speakers") else 0
+    rooms = channel_rooms(params.get("speakers", 0))
     list(pmap(_rir_job, [(i, seed, str(root), "channels") for i in range(rooms)]))
     write_manifest(pd.DataFrame(list(noise_rows)), root / "noise" / "manifest.parquet")
     write_manifest(pd.DataFrame(list(rir_rows)), root / "rir" / "manifest.parquet")
@@ -340,6 +340,11 @@ def _build_speakers(root: Path, params: dict[str, Any], pmap: Callable, progress
     trials = make_trials(val, 2000, seed)
     write_trials(trials, root / "trials.txt")
     write_summary(df, trials, root, "Synthetic corpus")
+
+
+def channel_rooms(speakers: int) -> int:
+    """Rooms the sessions are recorded in: shared between speakers, 24 for the default corpus."""
+    return 0 if speakers == 0 else max(4, min(CHANNEL_ROOMS, speakers // 4))
 
 
 def default_rirs(speakers: int) -> int:
