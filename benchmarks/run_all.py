@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     "synthetic_corpus",
+    "corpus_scale",
     "audio_io",
     "frontend",
     "encoder",

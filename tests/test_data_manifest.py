@@ -121,3 +121,12 @@ def test_make_trials_balanced_distinct_reproducible():
     everything = make_trials(val, 10_000, seed=0)
     n_target = 5 * len(list(combinations(range(6), 2)))
     assert (everything["label"] == 1).sum() == n_target == (everything["label"] == 0).sum()
+
+
+def test_vectorised_uri_resolution_matches_the_per_row_rule():
+    from speakertune.data.storage import resolve_uri, resolve_uris
+
+    uris = pd.Series(["wav/a.flac", "s3://b/x.wav", "/abs/y.wav", "../up/z.wav", "./here.wav",
+                      "gs://b/q.flac", "spk/vid/00001.m4a", "file:///tmp/f.wav"])
+    for base in ("/data/corpus", "s3://bucket/prefix"):
+        assert resolve_uris(uris, base).tolist() == [resolve_uri(u, base) for u in uris]

@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from speakertune.data.errors import ManifestError, StorageError
-from speakertune.data.storage import dirname, has_scheme, read_bytes, resolve_uri, write_bytes
+from speakertune.data.storage import (
+    dirname,
+    has_scheme,
+    read_bytes,
+    resolve_uris,
+    write_bytes,
+)
 
 REQUIRED = ("utt", "spk", "uri", "duration_s", "sample_rate")
 
@@ -73,7 +79,7 @@ def read_manifest(path: str | Path, storage_options: dict[str, Any] | None = Non
         raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from None
     df = validate_manifest(df, path)
     base = dirname(path)
-    df["uri"] = [resolve_uri(u, base) for u in df["uri"]]
+    df["uri"] = resolve_uris(df["uri"], base)
     return df
 
 
