@@ -310,7 +310,7 @@ def _build(
 
 def _build_banks(root: Path, params: dict[str, Any], pmap: Callable, progress: Callable) -> None:
     seed = params["seed"]
-    progress(f"building the noise and RIR banks under {root}")
+    progress(f"noise and RIR banks under {root}")
     kinds = ["white", "pink", "brown"] * 2 + ["music"] * 4 + ["babble"] * 6
     noise_rows = pmap(_noise_job, [(i, k, seed, str(root)) for i, k in enumerate(kinds)])
     rir_rows = pmap(_rir_job, [(i, seed, str(root), "rir") for i in range(params["rirs"])])
