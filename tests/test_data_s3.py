@@ -32,7 +32,7 @@ def test_corpus_reads_identically_from_s3(s3_server, s3_corpus, tiny_corpus):
         np.testing.assert_array_equal(a, b)
     corpus = load_corpus({
         "corpus": "manifest", "manifest": f"{s3_corpus}/manifest.parquet",
-        "trials": f"{s3_corpus}/trials.txt", "storage": opts,
+        "dev_trials": f"{s3_corpus}/trials.txt", "storage": opts,
     })  # fmt: skip
     assert corpus.num_classes == 6 and corpus.storage_options == opts
     assert corpus.val["uri"].str.startswith("s3://").all()

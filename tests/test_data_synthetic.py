@@ -177,9 +177,9 @@ def test_load_corpus_on_the_tiny_corpus(tiny_corpus, tmp_path):
     pd.testing.assert_frame_equal(
         own.reset_index(drop=True), again.trials, check_like=False, check_dtype=False
     )
-    # An explicit trial list decides the validation set; its speakers leave training.
+    # An explicit dev list decides the dev set; its speakers leave training.
     sub = load_corpus({"corpus": "manifest", "manifest": str(tiny_corpus / "manifest.parquet"),
-                       "trials": str(tiny_corpus / "trials.txt")})  # fmt: skip
+                       "dev_trials": str(tiny_corpus / "trials.txt")})  # fmt: skip
     assert set(sub.val["utt"]) == set(own["enroll"]) | set(own["test"])
     assert sub.num_classes == 6
     # Bad input through the same entry point: a trial naming an unknown utterance.
@@ -187,6 +187,48 @@ def test_load_corpus_on_the_tiny_corpus(tiny_corpus, tmp_path):
     bad.write_text("spk0000-u000 spk0000-u001 1\nspk0000-u000 spk9999-u000 0\n")
     with pytest.raises(TrialsError, match=r"trials\.txt:2: unknown utterance 'spk9999-u000'"):
         load_corpus({"corpus": "manifest", "manifest": str(tiny_corpus / "manifest.parquet"),
-                     "trials": str(bad)})  # fmt: skip
+                     "dev_trials": str(bad)})  # fmt: skip
     with pytest.raises(DataError, match=r"data\.manifest: required"):
         load_corpus({"corpus": "manifest"})
+
+
+def _trials_of(spks: list[str], path, df: pd.DataFrame) -> None:
+    """Every pair of the speakers' first two utterances, as an official-style list."""
+    utts = [u for s in spks for u in sorted(df.loc[df["spk"] == s, "utt"])[:2]]
+    lines = [f"{a} {b} {int(a.split('-')[0] == b.split('-')[0])}"
+             for i, a in enumerate(utts) for b in utts[i + 1:]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_dev_and_test_roles_never_mix(tiny_corpus, tmp_path, capsys):
+    from speakertune.config import ConfigError
+
+    df = read_manifest(tiny_corpus / "manifest.parquet")
+    spks = sorted(df["spk"].unique())
+    _trials_of(spks[:2], tmp_path / "test.txt", df)
+    base = {**TINY, "root": str(tiny_corpus), "val_trials": 20}
+    c = load_corpus({**base, "test": {"o": {"trials": str(tmp_path / "test.txt")}}})
+    assert "data.test: 8 utterances of 2 test speakers removed from train/dev (o)" in \
+        capsys.readouterr().out
+    assert set(c.test) == {"o"} and set(c.test["o"].utts["spk"]) == set(spks[:2])
+    assert len(c.test["o"].trials) == 6
+    for role in (c.train, c.val):  # generated dev speakers come from the rest
+        assert not set(role["spk"]) & set(spks[:2])
+    assert c.num_classes == 4 and c.val["spk"].nunique() == 2
+    # A user dev list must not share a speaker with a test list.
+    _trials_of(spks[1:3], tmp_path / "dev.txt", df)
+    with pytest.raises(DataError, match=r"dev\.txt: dev list shares 1 speakers with test list "
+                       r"'o'.*disjoint"):
+        load_corpus({**base, "dev_trials": str(tmp_path / "dev.txt"),
+                     "test": {"o": {"trials": str(tmp_path / "test.txt")}}})
+    _trials_of(spks[2:4], tmp_path / "dev.txt", df)
+    ok = load_corpus({**base, "dev_trials": str(tmp_path / "dev.txt"),
+                      "test": {"o": {"trials": str(tmp_path / "test.txt"),
+                                     "manifest": str(tiny_corpus / "manifest.parquet")}}})
+    assert set(ok.val["spk"]) == set(spks[2:4]) and ok.num_classes == 4
+    # The old key is refused, never quietly used as dev.
+    with pytest.raises(ConfigError, match=r"^data\.trials: removed; use data\.dev_trials .*"
+                       r"data\.test"):
+        load_corpus({**base, "trials": str(tmp_path / "test.txt")})
+    with pytest.raises(DataError, match=r"data\.test\.o: needs trials"):
+        load_corpus({**base, "test": {"o": {"manifest": "x"}}})

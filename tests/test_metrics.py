@@ -113,3 +113,74 @@ def test_identification_accuracy_matches_sklearn():
     assert 0.0 < acc[1] < acc[5] < 1.0
     # ties count against the system: all-equal scores are never a top-1 hit
     assert M.identification_accuracy(np.zeros((4, 3)), [0, 1, 2, 0], ks=(1,))[1] == 0.0
+
+
+def _gauss_trials(rng, n: int, mu: float):
+    s = np.r_[rng.normal(mu, 1.0, n), rng.normal(0.0, 1.0, n)]
+    return s, np.r_[np.ones(n, int), np.zeros(n, int)]
+
+
+def test_bootstrap_ci_covers_the_true_eer_and_narrows_like_one_over_sqrt_n():
+    """Independent check: target N(mu, 1) vs non-target N(0, 1) has EER Phi(-mu/2) exactly."""
+    from scipy.stats import norm
+    from speakertune.scoring.metrics import bootstrap_ci
+
+    mu = 2 * norm.isf(0.05)  # true EER 5%
+    true = norm.cdf(-mu / 2)
+    rng = np.random.default_rng(0)
+    reps, covered, widths = 200, 0, {1000: [], 4000: []}
+    for k in range(reps):
+        s, lab = _gauss_trials(rng, 1000, mu)
+        r = bootstrap_ci(s, lab, n_boot=200, seed=k, p_target=None)
+        covered += r["eer_low"] <= true <= r["eer_high"]
+        widths[1000].append(r["eer_high"] - r["eer_low"])
+    for k in range(20):
+        s, lab = _gauss_trials(rng, 4000, mu)
+        r = bootstrap_ci(s, lab, n_boot=200, seed=k, p_target=None)
+        widths[4000].append(r["eer_high"] - r["eer_low"])
+    assert 0.90 <= covered / reps <= 0.99, covered / reps
+    ratio = np.mean(widths[1000]) / np.mean(widths[4000])
+    assert 1.7 < ratio < 2.3, ratio  # 4x the trials: half the width
+    # the binomial half-width at 5% EER and 1,000 trials a class is ~1.35% (pooled classes
+    # halve the variance of each rate: bootstrap width should be close to it, not far off)
+    assert 0.008 < np.mean(widths[1000]) / 2 < 0.016
+
+
+def test_bootstrap_ci_over_speakers_is_wider_when_speakers_differ():
+    """Trials of one enrollment speaker share an offset: resampling trials ignores that and
+    under-covers; resampling speakers covers."""
+    from scipy.stats import norm
+    from speakertune.scoring.metrics import bootstrap_ci
+
+    mu, n_spk, per = 2 * norm.isf(0.05), 40, 50
+    rng = np.random.default_rng(1)
+    hit_trial = hit_spk = 0
+    reps = 60
+    for k in range(reps):
+        spk = np.repeat(np.arange(n_spk), per)
+        offset = rng.normal(0, 0.8, n_spk)[spk]  # a speaker-level effect on every score
+        lab = np.tile(np.r_[np.ones(per // 2, int), np.zeros(per // 2, int)], n_spk)
+        s = rng.normal(0, 1, spk.size) + mu * lab + offset
+        # true EER of the mixture: target N(mu, 1 + .64) vs non-target N(0, 1 + .64)
+        true = norm.cdf(-mu / 2 / np.sqrt(1 + 0.64))
+        a = bootstrap_ci(s, lab, n_boot=200, seed=k, p_target=None)
+        b = bootstrap_ci(s, lab, spk, n_boot=200, seed=k, p_target=None)
+        hit_trial += a["eer_low"] <= true <= a["eer_high"]
+        hit_spk += b["eer_low"] <= true <= b["eer_high"]
+        assert b["eer_high"] - b["eer_low"] > 0
+    assert hit_spk / reps >= 0.85 and hit_spk >= hit_trial, (hit_spk, hit_trial)
+
+
+def test_bootstrap_ci_is_fast_on_20k_trials_and_has_min_dcf():
+    import time
+
+    from speakertune.scoring.metrics import bootstrap_ci, verification_report
+
+    s, lab = _gauss_trials(np.random.default_rng(2), 10_000, 4.1)
+    t0 = time.perf_counter()
+    r = bootstrap_ci(s, lab, np.arange(lab.size) % 500)
+    assert time.perf_counter() - t0 < 4.0  # ~1 s on one core; slack for a shared CI machine
+    rep = verification_report(s, lab, (0.01,))
+    assert r["eer"] == rep["eer"] and r["min_dcf"] == rep["min_dcf_0.01"]
+    assert r["eer_low"] < r["eer"] < r["eer_high"]
+    assert r["min_dcf_low"] <= r["min_dcf"] <= r["min_dcf_high"]

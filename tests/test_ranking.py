@@ -30,26 +30,39 @@ def _one_utt_per_speaker(seed: int = 0):
     return train, spk, val, trials
 
 
-@pytest.mark.parametrize("val_backend", ["best", "plda"])
-def test_a_failing_backend_reports_nan_and_the_other_one_ranks(val_backend, caplog,
-                                                              monkeypatch):
+def test_a_failing_backend_reports_nan_and_never_silently_switches(caplog, monkeypatch):
+    """PLDA cannot fit: its metrics are NaN, cosine's are computed, and ``val_eer`` is the named
+    backend's EER only (NaN when ranking on plda, cosine's when ranking on cosine)."""
     from speakertune.train import validation
 
     monkeypatch.setattr(validation, "_reported", set())  # a fresh process
     train, spk, val, trials = _one_utt_per_speaker()
     caplog.set_level(logging.WARNING, logger="speakertune.train.validation")
-    res = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, val_backend)
+    res = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, "plda")
     assert math.isnan(res.metrics["val_eer_plda"]) and math.isnan(res.metrics["val_min_dcf_plda"])
     assert "single embedding" in res.errors["plda"] and "\n" not in res.errors["plda"]
     assert "plda" not in res.backends and "plda" not in res.scores
     assert set(res.backends) == {"cosine"} and math.isfinite(res.metrics["val_eer_cosine"])
-    assert res.metrics["val_eer"] == res.metrics["val_eer_cosine"]
-    assert res.ranked_backend == "cosine"
+    assert math.isnan(res.metrics["val_eer"]) and res.ranked_backend is None
+    assert math.isnan(res.metrics["val_eer_low"])
     # The next epoch fails the same way: the reason is logged once, not every epoch.
-    again = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, val_backend)
+    again = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, "plda")
     assert again.errors == res.errors
     logged = [r for r in caplog.records if "plda backend failed" in r.getMessage()]
     assert len(logged) == 1 and "single embedding" in logged[0].getMessage()
+    cos = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, "cosine",
+                         {u: u[:2] for u in val})
+    m = cos.metrics
+    assert m["val_eer"] == m["val_eer_cosine"] and cos.ranked_backend == "cosine"
+    assert m["val_eer_low"] <= m["val_eer"] <= m["val_eer_high"]
+
+
+def test_best_of_is_refused_with_a_pointer():
+    from speakertune.config import ConfigError
+
+    train, spk, val, trials = _one_utt_per_speaker()
+    with pytest.raises(ConfigError, match=r"trainer\.val_backend: 'best' .*name one"):
+        score_backends(train, spk, val, trials, {}, "best")
 
 
 def test_unknown_val_backend_is_still_a_config_error():
@@ -63,7 +76,7 @@ def test_unknown_val_backend_is_still_a_config_error():
 def test_ranked_backend_rules():
     m = {"val_eer_cosine": 0.0746, "val_eer_plda": 0.0407}
     assert ranked_backend(m) == "plda" and ranked_backend(m, "cosine") == "cosine"
-    assert ranked_backend({**m, "val_eer_plda": math.nan}, "plda") == "cosine"
+    assert ranked_backend({**m, "val_eer_plda": math.nan}, "plda") is None  # no silent switch
     assert ranked_backend({"val_eer_cosine": 0.1, "val_eer_plda": 0.1}) == "cosine"  # tie
     assert ranked_backend({}) is None
     name, why = checkpoint_backend(m, {"trainer": {"val_backend": "cosine"}})
@@ -101,6 +114,7 @@ def test_diarize_checkpoint_uses_the_ranked_backend(tmp_path, capsys):
     for metrics, want in (({"val_eer_cosine": 0.2, "val_eer_plda": 0.1}, "plda"),
                           ({"val_eer_cosine": 0.1, "val_eer_plda": 0.2}, "cosine"),
                           (None, "cosine")):
+        cfg["trainer"]["val_backend"] = want  # the named backend the trial was ranked on
         d = save_checkpoint(tmp_path / f"c_{want}_{metrics is None}", encoder=tiny_encoder(cfg),
                             loss=None, cfg=cfg, num_classes=4, feat_dim=24,
                             backends={"plda": plda}, metrics=metrics)

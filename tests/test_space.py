@@ -67,6 +67,10 @@ def test_parse_good_space() -> None:
     assert s.scheduler == {"asha": {"grace_period": 1, "reduction_factor": 2, "max_t": 3}}
     assert s.base["trainer"]["num_workers"] == 2  # resources override the trainer section
     assert s.search["max_concurrent"] is None and s.search["seed"] == 1
+    # One named ranking backend (cosine unless search.backend says plda) in every trial.
+    assert s.search["backend"] == "cosine" and s.base["trainer"]["val_backend"] == "cosine"
+    plda = _parse({**copy.deepcopy(GOOD), "search": {"backend": "plda"}})
+    assert plda.trial_config({})["trainer"]["val_backend"] == "plda"
 
 
 def _mutate(path: str, value):
@@ -195,6 +199,13 @@ ERRORS = [
     ("resources/data_cpus", -1, "resources.data_cpus: must be"),
     ("resources/use_gpu", "yes", "resources.use_gpu: must be true or false"),
     ("name", "a/b", "name: must be a non-empty string without '/'"),
+    ("search/backend", "best", "search.backend: must be cosine or plda, got 'best'"),
+    ("base/data", {"trials": "veri_test2.txt"},
+     "base.data.trials: removed; use data.dev_trials for a dev list the sweep ranks on, or "
+     "data.test: {name: {trials: ...}}"),
+    ("params/data.trials", {"choice": ["a.txt"]}, "params.data.trials: removed; use data.dev"),
+    ("base/trainer", {"epochs": 3, "val_backend": "best"},
+     "base.trainer.val_backend: a sweep ranks on search.backend (cosine or plda)"),
 ]
 
 

@@ -215,6 +215,8 @@ def _record(
         {
             "epoch": range(1, len(eers) + 1),
             "val_eer": eers,
+            "val_eer_low": [e - 0.004 for e in eers],
+            "val_eer_high": [e + 0.005 for e in eers],
             "val_eer_cosine": eers,
             "val_eer_plda": [e + 0.01 for e in eers],
             "val_min_dcf_cosine": [0.5] * len(eers),
@@ -246,7 +248,9 @@ def test_rank_trials_and_importances(tmp_path: Path) -> None:
     assert pd.isna(df["rank"][3]) and df["status"][3].startswith("ERROR: boom")
     files = lb.write_leaderboard(df, tmp_path)
     md = files["markdown"].read_text()
-    assert "| 1 | c |" in md and "10.00%" in md
+    assert "| 1 | c |" in md and "| 10.00% [9.6, 10.5] |" in md and "dev EER [95% CI]" in md
+    csv = pd.read_csv(files["csv"])
+    assert list(csv["val_eer_low"][:1]) == [pytest.approx(0.096)]
     imp, reason = lb.param_importances(recs, space)
     assert not reason and set(imp) == {"loss.name", "optimizer.lr"}  # margin is conditional
     assert math.isclose(sum(imp.values()), 1.0, rel_tol=1e-6)

@@ -15,15 +15,23 @@ import yaml
 DEFAULTS: dict[str, Any] = {
     "data": {
         # "synthetic" builds (and caches) the built-in corpus under `root`; otherwise `manifest`
-        # (and optionally `trials`) point at a prepared corpus, local or s3://.
+        # points at a prepared corpus, local or s3://. Three roles, never mixed: train; dev
+        # (what a sweep ranks, stops and picks epochs on: `val_speakers` held-out speakers and
+        # `val_trials` generated trials, or a user-given `dev_trials` list); test (official
+        # lists, `test: {vox1_o: {trials: ..., manifest: ...}}`, manifest defaulting to
+        # `manifest`), scored only after a sweep. Test speakers leave train and dev.
         "corpus": "synthetic",
         "root": "data/synth",
         "speakers": 100,
         "utts_per_speaker": 20,
         "manifest": None,
-        "trials": None,
+        "dev_trials": None,
+        "test": {},
         "val_speakers": 20,
-        "val_trials": 2000,
+        # 20,000 generated dev trials (fewer if the dev speakers lack target pairs): at a 2% EER
+        # the 95% CI half-width is 1.96 * sqrt(p (1 - p) / n) <= 0.5% absolute for
+        # n >= ~3,000 trials per class; 10,000 a class gives ~0.3%.
+        "val_trials": 20000,
         "seed": 0,
         "sample_rate": 16000,
         "min_seconds": 1.5,
@@ -87,7 +95,11 @@ DEFAULTS: dict[str, Any] = {
         "amp": "off",  # off | fp16 | bf16
         "grad_clip": 5.0,
         "seed": 0,
-        "val_backend": "best",  # best | cosine | plda
+        # cosine | plda: the backend whose dev EER is `val_eer` (a sweep sets it from
+        # search.backend). Cosine by default: it needs nothing fitted, so the ranking does not
+        # depend on the PLDA sample or lda_dim, and for margin-softmax embeddings it is as good
+        # as PLDA; never the better of the two (a best-of picks on dev noise).
+        "val_backend": "cosine",
         "e2e_speakers": 16,  # N speakers x M utterances per batch for end-to-end losses
         "e2e_utts": 2,
         # training utterances embedded each epoch to fit PLDA: at least this many per speaker,

@@ -36,7 +36,7 @@ def plan(space: SearchSpace, name: str | None, built: int) -> str:
     """A few lines: what the sweep would run."""
     s, asha = space.search, space.scheduler.get("asha")
     lines = [f"sweep {name or space.name}: {space.source}",
-             f"trials: {s['num_samples']}, {s['metric']} ({s['mode']}), "
+             f"trials: {s['num_samples']}, {s['metric']} ({s['mode']}, {s['backend']} dev EER), "
              + ("ASHA " + " ".join(f"{k}={v}" for k, v in asha.items()) if asha else "FIFO")
              + (f", at most {s['max_concurrent']} at once" if s["max_concurrent"] else "")
              + (f", time limit {s['time_limit_s']} s" if s["time_limit_s"] else ""),

@@ -1,4 +1,4 @@
-"""One entry point from the ``data`` config section to train/val/trials DataFrames."""
+"""One entry point from the ``data`` config section to the train, dev and test roles."""
 
 from __future__ import annotations
 
@@ -15,30 +15,89 @@ from speakertune.data.trials import read_trials
 
 
 @dataclass
+class TestList:
+    """One official test list, scored only after a sweep (never ranked or stopped on)."""
+
+    name: str
+    utts: pd.DataFrame  # manifest rows of every utterance the list names
+    trials: pd.DataFrame  # enroll, test, label
+    source: str = ""
+
+
+@dataclass
 class Corpus:
+    """Three roles that never mix: ``train``; dev (``val`` + ``trials``: what a sweep ranks,
+    stops and picks epochs on); ``test`` (official lists, scored after the sweep only)."""
+
     train: pd.DataFrame  # manifest rows plus integer ``label`` in 0..num_classes-1
-    val: pd.DataFrame  # rows of unseen speakers (or the utterances the trial list uses)
-    trials: pd.DataFrame  # enroll, test, label over ``val`` utt ids
+    val: pd.DataFrame  # dev rows: held-out speakers (or the utterances data.dev_trials names)
+    trials: pd.DataFrame  # dev trials: enroll, test, label over ``val`` utt ids
     num_classes: int
     noise: pd.DataFrame | None = None
     rir: pd.DataFrame | None = None
     # Out of repr: it may hold S3 credentials, and a printed Corpus would show them.
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    test: dict[str, TestList] = field(default_factory=dict)
+
+
+def check_data_keys(data_cfg: dict[str, Any], where: str = "data") -> None:
+    """The old ``data.trials`` key is refused with a one-line pointer to its two successors
+    (an official list used for dev would rank the sweep on the test set)."""
+    if (data_cfg or {}).get("trials") is not None:
+        from speakertune.config import ConfigError
+
+        raise ConfigError(
+            f"{where}.trials: removed; use data.dev_trials for a dev list the sweep ranks on, "
+            "or data.test: {name: {trials: ...}} for official lists scored after the sweep")
+
+
+def _read_test_lists(cfg: dict[str, Any], df: pd.DataFrame,
+                     opts: dict[str, Any]) -> dict[str, TestList]:
+    """``data.test``: ``{name: {trials: path, manifest: path (default data.manifest)}}``."""
+    raw = cfg.get("test") or {}
+    if not isinstance(raw, dict):
+        raise DataError("data.test: must be a mapping {name: {trials: ..., manifest: ...}}")
+    out = {}
+    for name, spec in raw.items():
+        spec = {"trials": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not spec.get("trials"):
+            raise DataError(f"data.test.{name}: needs trials: <path> (and optionally manifest)")
+        unknown = sorted(set(spec) - {"trials", "manifest"})
+        if unknown:
+            raise DataError(f"data.test.{name}.{unknown[0]}: unknown key; known: trials, manifest")
+        man = read_manifest(spec["manifest"], opts) if spec.get("manifest") else df
+        trials = read_trials(spec["trials"], known_utts=man["utt"], storage_options=opts)
+        used = set(trials["enroll"]) | set(trials["test"])
+        utts = man[man["utt"].isin(used)].reset_index(drop=True)
+        out[str(name)] = TestList(str(name), utts, trials, str(spec["trials"]))
+    return out
+
+
+def _drop_test_speakers(df: pd.DataFrame, test: dict[str, TestList]) -> pd.DataFrame:
+    """``df`` without any speaker of a test list; prints how much training data that removed."""
+    spk = set().union(*(set(t.utts["spk"]) for t in test.values())) if test else set()
+    gone = df["spk"].isin(spk)
+    if gone.any():
+        print(f"data.test: {int(gone.sum())} utterances of {df.loc[gone, 'spk'].nunique()} "
+              f"test speakers removed from train/dev ({', '.join(test)})", flush=True)
+    return df[~gone].reset_index(drop=True)
 
 
 def load_corpus(data_cfg: dict[str, Any]) -> Corpus:
     """Build a ``Corpus`` from the ``data`` config section (see ``config.DEFAULTS``).
 
     ``corpus: synthetic`` builds (once, cached) the built-in corpus under ``root``. Otherwise
-    ``manifest`` names a Parquet manifest (local or ``s3://``). With a ``trials`` list the
-    validation set is every utterance the list names and training drops those speakers;
+    ``manifest`` names a Parquet manifest (local or ``s3://``). Test lists (``data.test``) are
+    read first and their speakers leave the corpus. Then the dev set: with ``dev_trials`` every
+    utterance that list names (its speakers leave training; a test speaker in it is an error);
     without one ``val_speakers`` speakers are held out and ``val_trials`` trials generated.
     """
     cfg = dict(data_cfg)
+    check_data_keys(cfg)
     opts = dict(cfg.get("storage") or {})
     seed = int(cfg.get("seed", 0))
     noise = rir = None
-    manifest, trials_path = cfg.get("manifest"), cfg.get("trials")
+    manifest, dev_path = cfg.get("manifest"), cfg.get("dev_trials")
     if cfg.get("corpus", "synthetic") == "synthetic":
         from speakertune.data.synthetic import ensure_synthetic_corpus
 
@@ -54,21 +113,45 @@ def load_corpus(data_cfg: dict[str, Any]) -> Corpus:
     elif not manifest:
         raise DataError("data.manifest: required when data.corpus is not 'synthetic'")
     df = read_manifest(manifest, opts)
+    test = _read_test_lists(cfg, df, opts)
 
-    if trials_path:
-        trials = read_trials(trials_path, known_utts=df["utt"], storage_options=opts)
+    if dev_path:
+        trials = read_trials(dev_path, known_utts=df["utt"], storage_options=opts)
         used = set(trials["enroll"]) | set(trials["test"])
         val = df[df["utt"].isin(used)].reset_index(drop=True)
-        train = df[~df["spk"].isin(set(val["spk"]))].reset_index(drop=True)
+        for t in test.values():
+            both = sorted(set(val["spk"]) & set(t.utts["spk"]))
+            if both:
+                raise DataError(f"{dev_path}: dev list shares {len(both)} speakers with test list "
+                                f"{t.name!r} ({t.source}), e.g. {both[0]!r}; dev and test must "
+                                "be disjoint")
+        train = _drop_test_speakers(df[~df["spk"].isin(set(val["spk"]))], test)
         if train.empty:
-            raise DataError(f"{trials_path}: every speaker is in the trial list; none left")
+            raise DataError(f"{dev_path}: every speaker is in the dev or test lists; none left")
     else:
-        train, val = split_by_speaker(df, int(cfg.get("val_speakers", 20)), seed)
-        trials = make_trials(val, int(cfg.get("val_trials", 2000)), seed)
+        train, val = split_by_speaker(_drop_test_speakers(df, test),
+                                      int(cfg.get("val_speakers", 20)), seed)
+        trials = make_trials(val, int(cfg.get("val_trials", 20000)), seed)
     speakers = sorted(train["spk"].unique())
     index = {s: i for i, s in enumerate(speakers)}
     train = train.assign(label=train["spk"].map(index).astype("int64"))
-    return Corpus(train, val, trials, len(speakers), noise, rir, opts)
+    return Corpus(train, val, trials, len(speakers), noise, rir, opts, test)
+
+
+def load_test_lists(data_cfg: dict[str, Any]) -> dict[str, TestList]:
+    """Only the test lists of ``data.test`` (the main manifest is read only when a list has
+    no manifest of its own); the synthetic corpus must already be built."""
+    cfg = dict(data_cfg)
+    raw = cfg.get("test") or {}
+    if not raw:
+        return {}
+    opts = dict(cfg.get("storage") or {})
+    manifest = cfg.get("manifest")
+    if cfg.get("corpus", "synthetic") == "synthetic":
+        manifest = Path(cfg.get("root", "data/synth")) / "manifest.parquet"
+    own = all(isinstance(s, dict) and s.get("manifest") for s in raw.values())
+    df = read_manifest(manifest, opts) if not own else pd.DataFrame(columns=["utt", "spk"])
+    return _read_test_lists(cfg, df, opts)
 
 
 def corpus_root(data_cfg: dict[str, Any]) -> Path | None:

@@ -129,3 +129,90 @@ def identification_accuracy(
     # Rank of the true class = number of other classes scoring at least as high.
     rank = (scores >= true[:, None]).sum(axis=1) - 1
     return {int(k): float(np.mean(rank < k)) for k in ks}
+
+
+def _weighted_rates(w: np.ndarray, t: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(p_miss, p_fa)`` [B, points] of weighted trials sorted by descending score: ``w`` is
+    [B, n] integer weights, ``t`` marks targets, ``last`` the indices closing each group of
+    tied scores (one operating point per distinct score)."""
+    tar = np.cumsum(w * t, axis=1, dtype=np.int32)[:, last]
+    non = np.cumsum(w, axis=1, dtype=np.int32)[:, last] - tar
+    tot_t, tot_n = tar[:, -1:], non[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_miss = np.concatenate([np.ones(tot_t.shape), 1.0 - tar / tot_t], axis=1)
+        p_fa = np.concatenate([np.zeros(tot_n.shape), non / tot_n], axis=1)
+    return p_miss, p_fa
+
+
+def _batched_eer(p_miss: np.ndarray, p_fa: np.ndarray) -> np.ndarray:
+    """``eer_from_rates`` for each row of [B, points] rate matrices."""
+    d = p_miss - p_fa
+    i = np.maximum(np.argmax(d <= 0, axis=1), 1)
+    rows = np.arange(d.shape[0])
+    d0, d1 = d[rows, i - 1], d[rows, i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha = np.where(d0 != d1, d0 / (d0 - d1), 0.0)
+    return p_fa[rows, i - 1] + alpha * (p_fa[rows, i] - p_fa[rows, i - 1])
+
+
+def bootstrap_ci(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    p_target: float | None = 0.01,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Percentile bootstrap confidence intervals of the EER (and minDCF at ``p_target``).
+
+    Without ``groups`` trials are resampled with replacement; with ``groups`` (e.g. each
+    trial's enrollment speaker) whole groups are, so that trials sharing a speaker, which are
+    not independent, move together and the interval is not too narrow. Vectorised: a resample
+    is a weight per trial over one shared sort, ~0.5 s for 1,000 resamples of 20k trials.
+
+    Returns ``{"eer", "eer_low", "eer_high", "min_dcf", "min_dcf_low", "min_dcf_high"}`` (the
+    last three only with ``p_target``); resamples with no target or no non-target are skipped.
+
+    >>> r = bootstrap_ci(np.r_[np.arange(50.0), np.arange(30.0, 80)], np.r_[[0] * 50, [1] * 50])
+    >>> r["eer_low"] <= r["eer"] <= r["eer_high"]
+    True
+    """
+    scores, is_target = _check(scores, labels)
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise MetricError(f"bootstrap_ci: need 0 < level < 1 and n_boot >= 1, got {level}, "
+                          f"{n_boot}")
+    rates = error_rates(scores, is_target.astype(np.int64))
+    out = {"eer": eer_from_rates(*rates)[0]}
+    if p_target is not None:
+        out["min_dcf"] = min_dcf_from_rates(*rates, p_target)[0]
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], is_target[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # end of each tie group
+    if groups is None:
+        gid, n_groups = np.arange(s.size), s.size
+    else:
+        gid = np.unique(np.asarray(groups)[order], return_inverse=True)[1].ravel()
+        n_groups = int(gid.max()) + 1
+    rng = np.random.default_rng(seed)
+    eers, dcfs = [], []
+    chunk = max(1, 4_000_000 // max(s.size, n_groups))  # bounds memory to ~100 MB per chunk
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(b, n_groups))
+        draws += np.arange(b)[:, None] * n_groups
+        counts = np.bincount(draws.ravel(), minlength=b * n_groups).reshape(b, n_groups)
+        p_miss, p_fa = _weighted_rates(counts[:, gid].astype(np.int32), t, last)
+        ok = np.isfinite(p_miss[:, -1]) & np.isfinite(p_fa[:, -1])
+        p_miss, p_fa = p_miss[ok], p_fa[ok]
+        eers.append(_batched_eer(p_miss, p_fa))
+        if p_target is not None:
+            c = min(p_target, 1.0 - p_target)
+            dcfs.append(((p_target * p_miss + (1 - p_target) * p_fa) / c).min(axis=1))
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    out["eer_low"], out["eer_high"] = map(float, np.percentile(np.concatenate(eers), q))
+    if p_target is not None:
+        out["min_dcf_low"], out["min_dcf_high"] = map(float, np.percentile(np.concatenate(dcfs),
+                                                                           q))
+    return out

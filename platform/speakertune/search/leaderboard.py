@@ -20,7 +20,9 @@ import pandas as pd
 from speakertune.checkpoint import load_val_scores
 
 METRIC_COLUMNS = (
-    "val_eer",
+    "val_eer",  # the dev EER of search.backend: what the sweep ranks on
+    "val_eer_low",  # its 95% bootstrap CI (enrollment speakers resampled)
+    "val_eer_high",
     "val_eer_cosine",
     "val_eer_plda",
     "val_min_dcf_cosine",
@@ -102,6 +104,18 @@ def rank_trials(
     return df.reset_index(drop=True)
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def eer_with_ci(eer: Any, low: Any, high: Any) -> str:
+    """``2.10% [1.7, 2.5]`` (a rate and its 95% CI, in percent); ``2.10%`` without a CI."""
+    if not _finite(eer):
+        return "-"
+    ci = f" [{100 * low:.1f}, {100 * high:.1f}]" if _finite(low) and _finite(high) else ""
+    return f"{100 * eer:.2f}%{ci}"
+
+
 def _cell(v: Any, col: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -120,15 +134,22 @@ def _cell(v: Any, col: str) -> str:
     return str(v).replace("|", "\\|")
 
 
-MD_COLUMNS = [c for c in COLUMNS if c != "checkpoint"]
+MD_COLUMNS = [c for c in COLUMNS if c not in ("checkpoint", "val_eer_low", "val_eer_high")]
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    head = ["rank", "trial", "params", "EER", "EER cos", "EER PLDA", "minDCF cos", "minDCF PLDA",
-            "params #", "epochs", "best ep", "ASHA stop", "status", "CPU-h", "GPU-h"]  # fmt: skip
+    tests = [c[len("test_"):-len("_eer")] for c in df.columns
+             if c.startswith("test_") and c.endswith("_eer")]  # reported after the sweep
+    head = ["rank", "trial", "params", "dev EER [95% CI]", "EER cos", "EER PLDA", "minDCF cos",
+            "minDCF PLDA", "params #", "epochs", "best ep", "ASHA stop", "status", "CPU-h",
+            "GPU-h", *(f"test {t} EER [CI]" for t in tests)]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c], c) for c in MD_COLUMNS) + " |")
+        cells = [eer_with_ci(row["val_eer"], row["val_eer_low"], row["val_eer_high"])
+                 if c == "val_eer" else _cell(row[c], c) for c in MD_COLUMNS]
+        cells += [eer_with_ci(row[f"test_{t}_eer"], row[f"test_{t}_low"], row[f"test_{t}_high"])
+                  for t in tests]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

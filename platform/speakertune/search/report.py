@@ -79,12 +79,14 @@ def write_report(
     asha = space.scheduler.get("asha")  # absent for FIFO; when present, max_t is always set
     max_t = asha["max_t"] if asha else space.trial_config({})["trainer"]["epochs"]
     df = lb.rank_trials(records, metric=s["metric"], mode=s["mode"], max_t=max_t)
+    df, test_file = _test_lists(df, space, report_dir, log)
     files: dict[str, Path | None] = dict(
         lb.write_leaderboard(df, report_dir, title=f"Sweep {name}")
     )
     log("\n" + lb.to_markdown(df))
     imp, reason = lb.param_importances(records, space, metric=s["metric"], mode=s["mode"])
     files["importances"] = lb.write_importances(imp, reason, report_dir)
+    files["test_results"] = test_file
     log("parameter importances: " + (", ".join(f"{k} {v:.2f}" for k, v in imp.items()) or reason))
     files["det"] = (
         lb.det_top(df, report_dir / "det_top.png", top=det_top_n, log=log) if det_top_n else None
@@ -93,7 +95,25 @@ def write_report(
     files["best"] = lb.export_best(best.iloc[0], report_dir / "best") if len(best) else None
     errors = sum(r.status == "ERROR" for r in records)
     log(f"leaderboard: {files['markdown']}  ({len(records)} trials, {errors} failed)")
-    for key in ("csv", "importances", "det", "best"):
+    for key in ("csv", "importances", "test_results", "det", "best"):
         if files.get(key):
             log(f"{key}: {files[key]}")
     return SweepResult(name, exp_path, report_dir, df, files, errors)
+
+
+def _test_lists(df: pd.DataFrame, space: SearchSpace, report_dir: Path,
+                log: Callable[[str], None]) -> tuple[pd.DataFrame, Path | None]:
+    """Score the top ``search.test_top_k`` trials on ``data.test`` (after ranking: reported
+    only); ``df`` with the test columns and the ``test_results.md`` path (None without lists)."""
+    from speakertune.search.holdout import evaluate_test_lists, write_test_results
+    from speakertune.search.sweep import absolute_data_paths
+
+    s = space.search
+    data = absolute_data_paths(space.trial_config({}))["data"]
+    if not data.get("test") or not s.get("test_top_k", 3):
+        return df, None
+    backend = s.get("backend", "cosine")
+    df, rows = evaluate_test_lists(df, data, top_k=s.get("test_top_k", 3), backend=backend,
+                                   log=log)
+    Path(report_dir).mkdir(parents=True, exist_ok=True)
+    return df, write_test_results(rows, Path(report_dir), backend)

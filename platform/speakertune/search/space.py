@@ -56,6 +56,13 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "mode": "min",
     "seed": 0,
     "time_limit_s": None,
+    # The one backend whose dev EER is val_eer (sets trainer.val_backend in every trial). Cosine:
+    # nothing fitted, so the ranking does not hinge on the PLDA sample or lda_dim, and for
+    # margin-softmax embeddings it matches PLDA; plda for losses whose embeddings need it.
+    "backend": "cosine",
+    # after the sweep, the best-dev-epoch checkpoints of the top k trials are scored once on
+    # each data.test list (reported in the leaderboard and test_results.md, never ranked on)
+    "test_top_k": 3,
 }
 ASHA_KEYS = ("grace_period", "reduction_factor", "max_t")
 
@@ -251,6 +258,9 @@ def _parse_search(source: str, raw: Any) -> dict[str, Any]:
         raise _fail(source, "search", "must be a mapping")
     _reject_unknown(source, "search", raw, SEARCH_DEFAULTS)
     s = {**SEARCH_DEFAULTS, **raw}
+    k = s["test_top_k"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise _fail(source, "search.test_top_k", f"must be an integer >= 0, got {k!r}")
     for k in ("num_samples", "max_concurrent"):
         v = s[k]
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -263,6 +273,8 @@ def _parse_search(source: str, raw: Any) -> dict[str, Any]:
         )
     if s["mode"] not in ("min", "max"):
         raise _fail(source, "search.mode", f"must be min or max, got {s['mode']!r}")
+    if s["backend"] not in ("cosine", "plda"):
+        raise _fail(source, "search.backend", f"must be cosine or plda, got {s['backend']!r}")
     if not isinstance(s["seed"], int) or isinstance(s["seed"], bool):
         raise _fail(source, "search.seed", f"must be an integer, got {s['seed']!r}")
     t = s["time_limit_s"]
@@ -338,6 +350,7 @@ def parse_space(
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict):
         raise _fail(source, "params", "must be a mapping of dotted config paths")
+    _check_roles(source, base, raw_params)
     params = {str(p): _parse_param(source, str(p), spec) for p, spec in raw_params.items()}
     params = _order(source, params)
     resources = _parse_resources(source, data.get("resources"))
@@ -349,17 +362,33 @@ def parse_space(
     if not isinstance(name, str) or not name or "/" in name:
         raise _fail(source, "name", f"must be a non-empty string without '/', got {name!r}")
     base = deep_merge(base, {"trainer": _resources_to_trainer(resources)}) if resources else base
+    search = _parse_search(source, data.get("search") or {})
+    base = deep_merge(base, {"trainer": {"val_backend": search["backend"]}})
     return SearchSpace(
         name=name,
         source=source,
         base=base,
         params=params,
-        search=_parse_search(source, data.get("search") or {}),
+        search=search,
         scheduler=_parse_scheduler(source, data.get("scheduler"), epochs),
         resources=resources,
         description=str(data.get("description", "")),
         components=components,
     )
+
+
+def _check_roles(source: str, base: dict[str, Any], params: dict[str, Any]) -> None:
+    """The removed ``data.trials`` and a sweep-level ``trainer.val_backend`` are one-line errors
+    pointing at their replacements (dev and test never mix; one named ranking backend)."""
+    data = base.get("data") if isinstance(base.get("data"), dict) else {}
+    if data.get("trials") is not None or "data.trials" in params:
+        key = "base.data.trials" if data.get("trials") is not None else "params.data.trials"
+        raise _fail(source, key, "removed; use data.dev_trials for a dev list the sweep ranks "
+                    "on, or data.test: {name: {trials: ...}} for official lists scored after it")
+    trainer = base.get("trainer") if isinstance(base.get("trainer"), dict) else {}
+    if "val_backend" in trainer or "trainer.val_backend" in params:
+        key = ("base." if "val_backend" in trainer else "params.") + "trainer.val_backend"
+        raise _fail(source, key, "a sweep ranks on search.backend (cosine or plda); set that")
 
 
 def _parse_components(source: str, raw: Any) -> dict[str, dict[str, dict[str, Any]]]:

@@ -54,10 +54,19 @@ def absolute_data_paths(cfg: dict[str, Any], cwd: Path | None = None) -> dict[st
     Works on partial configs too (missing keys are skipped)."""
     cwd = cwd or Path.cwd()
     data = cfg.setdefault("data", {})
-    for key in ("root", "manifest", "trials"):
-        v = data.get(key)
-        if isinstance(v, str) and v and not _is_uri(v) and not os.path.isabs(v):
-            data[key] = str((cwd / v).resolve())
+    def local(v: Any) -> bool:
+        return isinstance(v, str) and bool(v) and not _is_uri(v) and not os.path.isabs(v)
+
+    for key in ("root", "manifest", "dev_trials"):
+        if local(data.get(key)):
+            data[key] = str((cwd / data[key]).resolve())
+    tests = data.get("test") or {}
+    for name, spec in list(tests.items()) if isinstance(tests, dict) else []:
+        if isinstance(spec, str):  # {name: trials path}
+            tests[name] = spec = {"trials": spec}
+        for key in ("trials", "manifest"):
+            if isinstance(spec, dict) and local(spec.get(key)):
+                spec[key] = str((cwd / spec[key]).resolve())
     for key in ("noise_bank", "rir_bank"):
         v = cfg.get("augment", {}).get(key)
         if isinstance(v, str) and v and not _is_uri(v) and not os.path.isabs(v):

@@ -37,8 +37,11 @@ def check_config(cfg: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "num_workers"):
         if int(t[key]) < 1:
             raise ConfigError(f"trainer.{key}: must be >= 1, got {t[key]}")
-    if t["val_backend"] not in ("best", "cosine", "plda"):
-        raise ConfigError(f"trainer.val_backend: {t['val_backend']!r} is not best, cosine or plda")
+    from speakertune.data.corpus import check_data_keys
+    from speakertune.train.validation import check_val_backend
+
+    check_val_backend(t["val_backend"])
+    check_data_keys(resolved(cfg)["data"])
     if math.isnan(float(t["grad_clip"] or 0)):  # None means no clipping
         raise ConfigError("trainer.grad_clip: must be a number")
     from speakertune.frontend.banks import AugmentError, check_banks

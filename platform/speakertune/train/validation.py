@@ -10,7 +10,9 @@ not depend on which others share its batch (or worker).
 
 A backend that fails to fit or score (e.g. PLDA when every speaker has one embedding) reports
 NaN metrics and a one-line reason in ``ValidationResult.errors``; the epoch goes on with the
-other backend, whose EER becomes ``val_eer``.
+other backend. ``val_eer`` is the named backend's dev EER only (NaN when it failed: no silent
+switch to the other), with its 95% bootstrap CI over enrollment speakers
+(``val_eer_low``/``val_eer_high``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from speakertune.registry import BACKENDS
 from speakertune.scoring import embed, metrics
-from speakertune.scoring.backends import score_trials
+from speakertune.scoring.backends import enroll_ids, score_trials
 from speakertune.scoring.ranking import VAL_BACKENDS, ranked_backend
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,6 @@ class ValidationResult:
 
 def usable_trials(trials: pd.DataFrame, known: set[str]) -> pd.DataFrame:
     """Trials whose enrollment and test utterances all have embeddings."""
-    from speakertune.scoring.backends import enroll_ids
-
     ok = trials["test"].astype(str).isin(known) & trials["enroll"].astype(str).map(
         lambda e: all(u in known for u in enroll_ids(e))
     )
@@ -104,15 +104,18 @@ def score_backends(
     val_emb: dict[str, np.ndarray],
     trials: pd.DataFrame,
     backend_cfg: dict[str, Any],
-    val_backend: str = "best",
+    val_backend: str = "cosine",
+    val_spk: dict[str, str] | None = None,
 ) -> ValidationResult:
-    """Fit cosine (mean) and PLDA on training embeddings; EER and minDCF of each on ``trials``.
+    """Fit cosine (mean) and PLDA on training embeddings; EER and minDCF of each on ``trials``;
+    ``val_eer`` is ``val_backend``'s, with a 95% CI resampling the enrollment speakers of
+    ``val_spk`` (utt -> speaker; without it, trials).
 
-    Example: ``score_backends(train_emb, spk, val_emb, trials, cfg["backend"]).metrics`` ->
-    ``{"val_eer_cosine": .07, "val_min_dcf_cosine": .5, "val_eer_plda": .04, ...,
-    "val_eer": .04}``.
+    Example: ``score_backends(train_emb, spk, val_emb, trials, cfg["backend"], "plda").metrics``
+    -> ``{"val_eer_cosine": .07, "val_min_dcf_cosine": .5, "val_eer_plda": .04, ...,
+    "val_eer": .04, "val_eer_low": .035, "val_eer_high": .046}``.
     """
-    ranked_backend({}, val_backend)  # a bad trainer.val_backend is a config error, up front
+    check_val_backend(val_backend)  # a bad trainer.val_backend is a config error, up front
     kept = usable_trials(trials, set(val_emb))
     dropped = len(trials) - len(kept)
     if dropped:
@@ -140,6 +143,29 @@ def score_backends(
         res.metrics[f"val_eer_{name}"] = eer
         res.metrics[f"val_min_dcf_{name}"] = dcf
     res.ranked_backend = ranked_backend(res.metrics, val_backend)
-    res.metrics["val_eer"] = (res.metrics[f"val_eer_{res.ranked_backend}"]
-                              if res.ranked_backend else math.nan)
+    res.metrics["val_eer"] = res.metrics[f"val_eer_{val_backend}"]
+    res.metrics["val_eer_low"], res.metrics["val_eer_high"] = (
+        _eer_ci(res.scores[val_backend], labels, kept, val_spk) if res.ranked_backend
+        else (math.nan, math.nan))
     return res
+
+
+def _eer_ci(scores: np.ndarray, labels: np.ndarray, kept: pd.DataFrame,
+            val_spk: dict[str, str] | None) -> tuple[float, float]:
+    """95% bootstrap CI of the EER, resampling enrollment speakers when they are known."""
+    groups = None
+    if val_spk is not None:
+        first = kept["enroll"].astype(str).map(lambda e: enroll_ids(e)[0])
+        groups = first.map(lambda u: val_spk.get(u, u)).to_numpy()
+    ci = metrics.bootstrap_ci(scores, labels, groups, n_boot=500, p_target=None)
+    return ci["eer_low"], ci["eer_high"]
+
+
+def check_val_backend(val_backend: str, key: str = "trainer.val_backend") -> None:
+    """A ConfigError unless ``val_backend`` names one backend (``best`` is no longer allowed:
+    ranking on the better of two per trial picks on dev noise)."""
+    if val_backend not in VAL_BACKENDS:
+        from speakertune.config import ConfigError
+
+        hint = " (the best-of choice was removed: name one)" if val_backend == "best" else ""
+        raise ConfigError(f"{key}: {val_backend!r} is not {' or '.join(VAL_BACKENDS)}{hint}")

@@ -274,8 +274,9 @@ def _score(w: _Worker, gathered: list[tuple[dict, dict]]) -> Any:
         bad.update(skip["plda"])
     spk = dict(zip(w.meta["plda"]["utt"], w.meta["plda"]["spk"]))
     trials = pd.DataFrame(w.meta["trials"])
+    val_spk = dict(zip(w.meta["val"]["utt"], w.meta["val"]["spk"]))
     result = score_backends(train_emb, spk, val_emb, trials, w.cfg["backend"],
-                            w.cfg["trainer"]["val_backend"])
+                            w.cfg["trainer"]["val_backend"], val_spk)
     result.metrics["val_skipped_utterances"] = len(bad)
     result.metrics["val_dropped_trials"] = result.dropped_trials
     return result
