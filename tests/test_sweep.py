@@ -264,8 +264,20 @@ def test_trial_names_show_number_model_and_loss() -> None:
     assert ray_runtime.TrialNamer(base)(trial) == "t003-tdnn-arcface"
 
 
-def test_quiet_unless_verbose() -> None:
+def test_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from speakertune import quiet
     from speakertune.commands.sweep import build_parser
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.INFO)
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "1")
+    quiet.silence_train_worker()
+    assert root.level == logging.INFO  # --verbose: Ray's lines stay
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "0")
+    quiet.silence_train_worker()
+    assert root.level == logging.WARNING
 
     quiet = ray_runtime.ray_init_kwargs(None)["runtime_env"]["env_vars"]
     assert quiet["PYTHONWARNINGS"] == "ignore::DeprecationWarning"

@@ -51,6 +51,16 @@ def silence_ray(verbose: bool | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def silence_train_worker() -> None:
+    """``silence_ray`` for a Ray Train worker, whose root logger Train sets to INFO: some of
+    Train's per-report lines are logged under a file-path logger name that only the root
+    level reaches. This platform's own worker output is printed, not logged."""
+    if is_verbose():
+        return
+    silence_ray(False)
+    logging.getLogger().setLevel(logging.WARNING)
+
+
 def train_log_level() -> str:
     """Ray Train's own ``LoggingConfig`` level for its controller and workers."""
     return "INFO" if is_verbose() else "WARNING"

@@ -75,11 +75,11 @@ class _Worker:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (runs on every worker)."""
-    from speakertune.quiet import silence_ray
+    from speakertune.quiet import silence_train_worker
     from speakertune.redact import install as install_redaction
 
     install_redaction()  # worker processes have their own log handlers
-    silence_ray()  # Ray's deprecation warnings and INFO lines, unless the sweep is --verbose
+    silence_train_worker()  # Ray's deprecations and INFO lines, unless the sweep is --verbose
     w = _build(config["cfg"], config["meta"])
     start_epoch = _resume(w)
     w.model = _prepare_ddp(w.net)
