@@ -58,6 +58,16 @@ def _tiny_space(corpus: Path, num_samples: int = 2) -> dict:
     }
 
 
+def asha_space(corpus: Path) -> dict:
+    """3 trials of 3 epochs with learning rates far apart, so that ASHA stops the worse ones
+    after epoch 1 or 2. (Tune also stops every trial that reaches ``max_t`` on its last
+    report, before its Train run has shut down: the same leak, for every trial.)"""
+    space = _tiny_space(corpus, num_samples=3)
+    space["base"]["trainer"]["epochs"] = 3
+    space["params"]["optimizer.lr"] = {"choice": [0.02, 1e-6]}
+    return space
+
+
 def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -187,9 +197,11 @@ def test_absolute_data_paths(tmp_path: Path) -> None:
     assert out["data"]["manifest"] == "s3://b/m.parquet"
 
 
-def test_orphan_placement_group_is_reaped(ray_local) -> None:
+def test_only_our_placement_groups_are_reaped(ray_local) -> None:
+    """Groups left behind by dead creators (as by a stopped trial's Train controller) are
+    removed only when they are ours: another job's orphan stays."""
     ray = ray_local
-    from ray.util.placement_group import placement_group_table
+    from ray.util.placement_group import placement_group_table, remove_placement_group
 
     @ray.remote(num_cpus=0)
     class Creator:
@@ -198,14 +210,84 @@ def test_orphan_placement_group_is_reaped(ray_local) -> None:
             ray.get(pg.ready(), timeout=30)
             return pg.id.hex()
 
-    creator = Creator.remote()
-    pg_id = ray.get(creator.make.remote())
-    ray.kill(creator)  # the creator dies without removing its group, like a stopped trial's
-    time.sleep(1.0)
-    assert placement_group_table()[pg_id]["state"] == "CREATED"
-    assert ray_runtime.reap_orphan_placement_groups() >= 1
-    _wait_for(lambda: placement_group_table()[pg_id]["state"] == "REMOVED", 10, "removal")
-    assert ray_runtime.reap_orphan_placement_groups() == 0
+    creators = [Creator.remote(), Creator.remote()]
+    ours, theirs = ray.get([c.make.remote() for c in creators], timeout=60)
+    for c in creators:
+        ray.kill(c)  # the creators die without removing their groups, like a stopped trial's
+    try:
+        time.sleep(1.0)
+        assert placement_group_table()[ours]["state"] == "CREATED"
+        reaper = ray_runtime.PlacementGroupReaper(grace_s=0.0)
+        trial = type("T", (), {"trial_id": "t1"})()
+        reaper.on_trial_result(0, [], trial, {ray_runtime.PG_METRIC: ours})
+        reaper.on_step_begin(0, [])
+        assert placement_group_table()[ours]["state"] == "CREATED"  # trial still running
+        reaper.on_trial_complete(0, [], trial)
+        reaper.on_step_begin(0, [])
+        _wait_for(lambda: placement_group_table()[ours]["state"] == "REMOVED", 10, "removal")
+        assert placement_group_table()[theirs]["state"] == "CREATED"  # not ours: kept
+        assert ray_runtime.remove_placement_groups([ours]) == 0
+    finally:
+        remove_placement_group(_handle(ray, theirs))  # the test's own cleanup
+    _wait_for(lambda: placement_group_table()[theirs]["state"] == "REMOVED", 10, "cleanup")
+
+
+def _handle(ray, pg_id: str):
+    from ray.util.placement_group import PlacementGroup
+
+    return PlacementGroup(ray.PlacementGroupID.from_hex(pg_id))
+
+
+@pytest.mark.slow
+def test_asha_sweep_leaks_no_cpus(ray_local, tiny_corpus: Path, tmp_path: Path) -> None:
+    """ASHA stops trials mid-run; afterwards every CPU is free again (no leaked group)."""
+    ray = ray_local
+    space_file = tmp_path / "tiny.yaml"
+    space = asha_space(tiny_corpus)
+    space_file.write_text(yaml.safe_dump(space))
+    result = sweep.run_sweep(load_space(space_file), storage=str(tmp_path / "runs"),
+                             report_root=tmp_path / "report", det_top=1)  # fmt: skip
+    df = pd.read_csv(tmp_path / "report" / "tiny" / "leaderboard.csv")
+    assert len(df) == 3 and result.num_errors == 0
+    total = ray.cluster_resources()["CPU"]
+    _wait_for(lambda: ray.available_resources().get("CPU", 0.0) >= total, 60, "all CPUs free")
+
+
+def test_trial_names_show_number_model_and_loss() -> None:
+    base = {"model": {"name": "tdnn"}, "loss": {"name": "softmax"}}
+    trial = type("T", (), {"trial_id": "77e9b8e2", "experiment_tag": "3_loss.name=aam",
+                           "config": {"model.name": "ecapa_tdnn", "loss.name": "aam_softmax"}})()
+    assert ray_runtime.TrialNamer(base)(trial) == "t003-ecapa_tdnn-aam_softmax"
+    named = ray_runtime.TrialNamer(base, dirname=True)(trial)
+    assert named == "t003-ecapa_tdnn-aam_softmax_77e9b8e2"  # ids keep resumed dirs apart
+    trial.config = {"loss": {"name": "arcface"}}  # nested, model from the base config
+    assert ray_runtime.TrialNamer(base)(trial) == "t003-tdnn-arcface"
+
+
+def test_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from speakertune import quiet
+    from speakertune.commands.sweep import build_parser
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.INFO)
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "1")
+    quiet.silence_train_worker()
+    assert root.level == logging.INFO  # --verbose: Ray's lines stay
+    monkeypatch.setenv(quiet.VERBOSE_ENV, "0")
+    quiet.silence_train_worker()
+    assert root.level == logging.WARNING
+
+    quiet = ray_runtime.ray_init_kwargs(None)["runtime_env"]["env_vars"]
+    assert quiet["PYTHONWARNINGS"] == "ignore::DeprecationWarning"
+    assert quiet["SPEAKERTUNE_VERBOSE"] == "0"
+    assert quiet["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"  # a local Ray: nothing to preempt
+    loud = ray_runtime.ray_init_kwargs(None, verbose=True)["runtime_env"]["env_vars"]
+    assert loud == {"SPEAKERTUNE_VERBOSE": "1"}
+    remote = ray_runtime.ray_init_kwargs("auto")["runtime_env"]["env_vars"]
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in remote  # a cluster may be preempted
+    assert build_parser().parse_args(["--space", "x", "--verbose"]).verbose
 
 
 def _record(

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address ('auto'); or RAY_ADDRESS")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     p.add_argument("--report-dir", default="runs", help="local dir for leaderboard and best/")
+    p.add_argument("--verbose", action="store_true",
+                   help="show everything Ray prints (its INFO logs and deprecation warnings)")
     p.add_argument("--check", action="store_true",
                    help="validate the space, print the plan and exit (Ray is not started)")
     return p
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             address=args.address,
             report_root=args.report_dir,
+            verbose=args.verbose,
         )
     except (SweepError, ConfigError) as exc:
         print(f"error: {redact.redact_text(str(exc))}", file=sys.stderr)

@@ -6,22 +6,30 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ray.tune import Callback
 
+from speakertune.quiet import VERBOSE_ENV, job_env, silence_ray
 from speakertune.redact import redact_config, redact_text
+from speakertune.train.worker import PG_METRIC
 
 LOCAL_DASHBOARD_PORT = 8265
 
 
-def ray_init_kwargs(address: str | None, *, dashboard: bool = True) -> dict[str, Any]:
+def ray_init_kwargs(
+    address: str | None, *, dashboard: bool = True, verbose: bool = False
+) -> dict[str, Any]:
     """``ray.init`` arguments: connect to ``address`` or start a local Ray whose dashboard
     listens on loopback only (it has no authentication: never expose it on 0.0.0.0).
     ``dashboard=False`` is the fallback when it cannot start (still bound to loopback, in case
-    Ray starts parts of it anyway)."""
-    kwargs: dict[str, Any] = {"dashboard_host": "127.0.0.1"}
+    Ray starts parts of it anyway). The job's environment carries the ``verbose`` choice to
+    every Ray worker process (``speakertune.quiet``)."""
+    kwargs: dict[str, Any] = {
+        "dashboard_host": "127.0.0.1",
+        "runtime_env": {"env_vars": job_env(verbose, local=not address)},
+    }
     if address:
         kwargs["address"] = address
     elif dashboard:
@@ -31,14 +39,19 @@ def ray_init_kwargs(address: str | None, *, dashboard: bool = True) -> dict[str,
     return kwargs
 
 
-def init_ray(address: str | None, log: Callable[[str], None] = print) -> str | None:
-    """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray with the dashboard."""
+def init_ray(
+    address: str | None, log: Callable[[str], None] = print, *, verbose: bool = False
+) -> str | None:
+    """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray with the dashboard;
+    without ``verbose``, Ray's deprecation warnings and INFO chatter are silenced."""
     import ray
 
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # this process's Train runs read it
+    silence_ray(verbose)
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = ray_init_kwargs(address)
+    kwargs = ray_init_kwargs(address, verbose=verbose)
     if address:
         ctx = ray.init(**kwargs)
         url = getattr(ctx, "dashboard_url", None)
@@ -53,7 +66,7 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> str | N
         if ray.is_initialized():
             ray.shutdown()
         log(f"Ray dashboard unavailable ({str(exc).splitlines()[0]}); starting without it")
-        ray.init(**ray_init_kwargs(None, dashboard=False))
+        ray.init(**ray_init_kwargs(None, dashboard=False, verbose=verbose))
         return None
     url = getattr(ctx, "dashboard_url", None)
     if url:
@@ -63,52 +76,116 @@ def init_ray(address: str | None, log: Callable[[str], None] = print) -> str | N
     return url
 
 
-def reap_orphan_placement_groups() -> int:
-    """Remove placement groups whose creating actor is dead; returns how many.
-
-    When ASHA stops a trial, Tune kills the trial actor and with it the Train controller, which
-    never gets to remove its workers' placement group. Ray Train's own cleaner needs the state
-    API (the dashboard); without it the group would hold its CPUs/GPUs for good and the next
-    trial would wait forever, so the sweep driver reaps such groups itself.
-    """
+def remove_placement_groups(ids: Iterable[str]) -> int:
+    """Remove those of the placement groups ``ids`` (hex) that still hold resources; returns
+    how many. Only ever called with ids this sweep's own Train workers reported."""
     import ray
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.placement_group import (
+        PlacementGroup,
+        placement_group_table,
+        remove_placement_group,
+    )
 
-    table = gcs_pb2.PlacementGroupTableData
+    table = placement_group_table()
     removed = 0
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        pg = table.FromString(raw)
-        creator = pg.creator_actor_id
-        if (
-            pg.state != table.REMOVED
-            and pg.creator_actor_dead
-            and not pg.is_detached
-            and creator
-            and creator != b"\xff" * len(creator)  # nil id: created by a driver, not an actor
-        ):
-            pg_id = ray.PlacementGroupID(pg.placement_group_id)
-            remove_placement_group(PlacementGroup(pg_id))
+    for pg_id in ids:
+        info = table.get(pg_id)
+        if info and info.get("state") != "REMOVED":
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
             removed += 1
     return removed
 
 
 class PlacementGroupReaper(Callback):
-    """Runs ``reap_orphan_placement_groups`` from the Tune loop every few seconds."""
+    """Removes the Train worker placement groups of this sweep's stopped trials.
 
-    def __init__(self, every_s: float = 2.0) -> None:
-        self.every_s = every_s
-        self._last = 0.0
+    Why they outlive a trial: Tune stops a trial by ending its actor; that actor owns the
+    Train controller actor, which dies with it (owner fate-sharing) before it can shut its
+    worker group down. The group was created by the controller and is not detached, so Ray's
+    GCS keeps it until the whole job (this driver) ends. Ray Train's own detached
+    ``PlacementGroupCleaner`` only works through the state API, i.e. with a dashboard.
+
+    Ownership: every Train worker reports the id of its own placement group
+    (``ray.util.get_current_placement_group``) as ``PG_METRIC``; only those ids are ever
+    removed, never a group of another job or of a trial still running.
+    """
+
+    def __init__(self, grace_s: float = 5.0) -> None:
+        # A short wait after the trial ends lets its controller die first: removing the group
+        # under a live controller would make it restart its workers in a new group.
+        self.grace_s = grace_s
+        self._groups: dict[str, set[str]] = {}  # trial id -> group ids its workers reported
+        self._due: dict[str, float] = {}  # group id -> monotonic time it may be removed
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:  # fmt: skip
+        pg_id = result.get(PG_METRIC)
+        if isinstance(pg_id, str) and pg_id:
+            self._groups.setdefault(trial.trial_id, set()).add(pg_id)
+
+    def _trial_ended(self, trial: Any) -> None:
+        at = time.monotonic() + self.grace_s
+        for pg_id in self._groups.pop(trial.trial_id, set()):
+            self._due[pg_id] = at
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial_ended(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial_ended(trial)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        n = reap_orphan_placement_groups()
+        ready = [pg_id for pg_id, at in self._due.items() if at <= now]
+        if ready:
+            self._release(ready)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:
+            self._trial_ended(trial)
+        # every trial actor is gone by now: no controller left to restart a group
+        self._release(list(self._due))
+
+    def _release(self, ids: list[str]) -> None:
+        for pg_id in ids:
+            self._due.pop(pg_id, None)
+        n = remove_placement_groups(ids)
         if n:
             print(f"[sweep] released {n} placement group(s) of stopped trial(s)", flush=True)
+
+
+def _lookup(config: dict[str, Any], path: str) -> Any:
+    """``config[path]`` for a flat dotted key (as Tune's searchers pass them), else nested."""
+    if path in config:
+        return config[path]
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+class TrialNamer:
+    """Tune's ``trial_name_creator``/``trial_dirname_creator``: ``t003-ecapa_tdnn-aam_softmax``
+    (trial number, model, loss) instead of ``_trial_fn_77e9b8e2``. Names missing from a trial's
+    sampled config come from the base config. Directory names add the trial id: numbers
+    restart after a resume, ids never repeat."""
+
+    def __init__(self, base: dict[str, Any], dirname: bool = False) -> None:
+        self.defaults = {k: _lookup(base, k) for k in ("model.name", "loss.name")}
+        self.dirname = dirname
+
+    def __call__(self, trial: Any) -> str:
+        tag = str(getattr(trial, "experiment_tag", "") or "")
+        number = tag.split("_", 1)[0]
+        parts = [f"t{int(number):03d}" if number.isdigit() else f"t-{trial.trial_id}"]
+        for key, default in self.defaults.items():
+            value = _lookup(dict(trial.config or {}), key) or default
+            if value:
+                parts.append(str(value))
+        name = "-".join(parts)
+        return f"{name}_{trial.trial_id}" if self.dirname else name
 
 
 class FinishedTrialLine(Callback):
@@ -125,10 +202,11 @@ class FinishedTrialLine(Callback):
         epoch = r.get("epoch", 0)
         how = "stopped early by ASHA" if self.max_t and epoch < self.max_t else "finished"
         print(
-            f"[sweep] trial {trial.trial_id} {how} after epoch {epoch}: "
+            f"[sweep] trial {trial} ({trial.trial_id}) {how} after epoch {epoch}: "
             f"{self.metric} {shown} ({r.get('time_total_s', 0):.0f} s) {params}",
             flush=True,
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"[sweep] trial {trial.trial_id} FAILED (see {trial.error_file})", flush=True)
+        print(f"[sweep] trial {trial} ({trial.trial_id}) FAILED (see {trial.error_file})",
+              flush=True)  # fmt: skip

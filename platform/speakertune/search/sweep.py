@@ -26,7 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from speakertune.search.ray_runtime import FinishedTrialLine, PlacementGroupReaper, init_ray
+from speakertune.search.ray_runtime import (
+    FinishedTrialLine,
+    PlacementGroupReaper,
+    TrialNamer,
+    init_ray,
+)
 from speakertune.search.report import SweepResult, records_from_results, write_report
 from speakertune.search.sampler import SpaceSampler, trial_config
 from speakertune.search.space import SearchSpace
@@ -204,7 +209,14 @@ def _trainable(
 
 
 def _new_tuner(
-    space: SearchSpace, trainable: Any, *, name: str, storage: str, concurrent: int
+    space: SearchSpace,
+    trainable: Any,
+    *,
+    name: str,
+    storage: str,
+    concurrent: int,
+    base_cfg: dict[str, Any],
+    verbose: bool = False,
 ) -> Any:
     """A fresh ``Tuner``: TPE over the space (define-by-run), ASHA on epochs or FIFO."""
     import optuna
@@ -232,9 +244,11 @@ def _new_tuner(
             num_samples=s["num_samples"],
             max_concurrent_trials=concurrent,
             time_budget_s=s["time_limit_s"],
-            # A fresh actor per trial: when it exits, its Train controller and that
-            # controller's worker placement group go with it (a reused actor leaks them).
+            # A fresh actor per trial: when it exits, its Train controller goes with it
+            # (the controller's worker placement group stays: PlacementGroupReaper).
             reuse_actors=False,
+            trial_name_creator=TrialNamer(base_cfg),
+            trial_dirname_creator=TrialNamer(base_cfg, dirname=True),
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -244,7 +258,7 @@ def _new_tuner(
                 FinishedTrialLine(s["metric"], asha and asha["max_t"]),
                 PlacementGroupReaper(),
             ],
-            verbose=1,
+            verbose=2 if verbose else 1,
         ),
     )
 
@@ -261,6 +275,7 @@ def run_sweep(
     max_failures: int = 2,
     det_top: int = 3,
     log: Callable[[str], None] = print,
+    verbose: bool = False,
 ) -> SweepResult:
     """Run (or resume) the sweep ``space`` and write its report; see the module docstring."""
     from ray import tune
@@ -268,7 +283,7 @@ def run_sweep(
     if not _is_uri(storage):
         storage = str(Path(storage).resolve())
     base, base_cfg = _base_configs(space)
-    init_ray(address, log)
+    init_ray(address, log, verbose=verbose)
     name = _experiment_name(space, storage, name, resume)
     exp_path = _join(storage, name)
     report_dir = Path(report_root).resolve() / name
@@ -288,7 +303,15 @@ def run_sweep(
         log(f"resuming {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
-        tuner = _new_tuner(space, trainable, name=name, storage=storage, concurrent=concurrent)
+        tuner = _new_tuner(
+            space,
+            trainable,
+            name=name,
+            storage=storage,
+            concurrent=concurrent,
+            base_cfg=base_cfg,
+            verbose=verbose,
+        )
     log(f"sweep {name!r}: {space.search['num_samples']} trials, results in {exp_path}")
     results = tuner.fit()
     result = write_report(

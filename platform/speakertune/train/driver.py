@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from speakertune.config import DEFAULTS, ConfigError, deep_merge
+from speakertune.quiet import train_log_level
 from speakertune.train.progress import read_history
 from speakertune.train.worker import train_loop_per_worker
 
@@ -147,7 +148,7 @@ def make_trainer(
 ):
     """A ``TorchTrainer`` for one trial; ``fit()`` runs it. ``callbacks`` are Ray Train
     ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback`` inside a Tune trial)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = resolved(cfg)  # the one merge: workers read every trainer key without defaults
@@ -168,6 +169,8 @@ def make_trainer(
             checkpoint_score_attribute="val_eer", checkpoint_score_order="min",
         ),
         callbacks=list(callbacks or []),
+        # Train's per-epoch INFO lines (reports, checkpoints) only with ``--verbose``.
+        logging_config=LoggingConfig(log_level=train_log_level()),
     )
     return TorchTrainer(
         train_loop_per_worker,

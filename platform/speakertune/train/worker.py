@@ -29,6 +29,9 @@ REPORT_KEYS = (
     "epoch", "train_loss", "train_acc", "lr", "val_eer", "val_eer_cosine", "val_eer_plda",
     "val_min_dcf_cosine", "val_min_dcf_plda", "num_params", "skipped_utterances", "epoch_time_s",
 )
+# Reported with every epoch: the id of this worker group's placement group, so that a sweep
+# can release exactly its own groups when Tune stops a trial (``search.ray_runtime``).
+PG_METRIC = "train_placement_group"
 
 
 @dataclass
@@ -72,9 +75,11 @@ class _Worker:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (runs on every worker)."""
+    from speakertune.quiet import silence_train_worker
     from speakertune.redact import install as install_redaction
 
     install_redaction()  # worker processes have their own log handlers
+    silence_train_worker()  # Ray's deprecations and INFO lines, unless the sweep is --verbose
     w = _build(config["cfg"], config["meta"])
     start_epoch = _resume(w)
     w.model = _prepare_ddp(w.net)
@@ -309,13 +314,14 @@ def _report(w: _Worker, epoch: int, metrics: dict[str, Any], result: Any) -> Non
     """Report to Ray Train; rank 0 attaches the checkpoint and writes the progress files."""
     import ray.train
 
+    reported = {**metrics, PG_METRIC: _placement_group_id()}  # to Ray only, not the files
     if w.rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        ray.train.report(reported, checkpoint=None)
         w.last_report = time.monotonic()
         return
     with tempfile.TemporaryDirectory() as tmp:
         _save_checkpoint(w, tmp, epoch, metrics, result)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+        ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
     w.last_report = time.monotonic()
     w.show.record(metrics)
@@ -324,6 +330,14 @@ def _report(w: _Worker, epoch: int, metrics: dict[str, Any], result: Any) -> Non
            f"EER cosine {100 * metrics['val_eer_cosine']:.2f}%  "
            f"plda {100 * metrics['val_eer_plda']:.2f}%  "
            f"({metrics['epoch_time_s']:.1f} s, {metrics['train_steps']} steps/worker)")
+
+
+def _placement_group_id() -> str:
+    """Hex id of the placement group this worker runs in ("" outside one)."""
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return pg.id.hex() if pg is not None else ""
 
 
 def _save_checkpoint(w: _Worker, path: str, epoch: int, metrics: dict[str, Any],
