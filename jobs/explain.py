@@ -5,4 +5,5 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 from speakertune.commands.explain import main  # noqa: E402
 
-raise SystemExit(main())
+if __name__ == "__main__":  # a spawned worker process re-imports this file: no second run
+    raise SystemExit(main())

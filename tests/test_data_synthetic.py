@@ -232,3 +232,18 @@ def test_dev_and_test_roles_never_mix(tiny_corpus, tmp_path, capsys):
         load_corpus({**base, "trials": str(tmp_path / "test.txt")})
     with pytest.raises(DataError, match=r"data\.test\.o: needs trials"):
         load_corpus({**base, "test": {"o": {"manifest": "x"}}})
+
+
+def test_job_script_builds_with_worker_processes(tmp_path):
+    """Spawned builder processes re-import the job script: it must not run a second time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "prepare.py"
+    out = subprocess.run([sys.executable, str(job), "synthetic", "--speakers", "4", "--utts", "2",
+                          "--workers", "2", "--out", str(tmp_path / "c")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("synthetic corpus ready") == 1
+    assert out.stderr.count("building 4 speakers") == 1
