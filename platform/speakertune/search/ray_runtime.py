@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from speakertune.config import get_dotted
 from speakertune.quiet import VERBOSE_ENV, job_env, silence_ray
 from speakertune.redact import redact_config, redact_text
 from speakertune.train.worker import PG_METRIC
@@ -156,14 +157,7 @@ class PlacementGroupReaper(Callback):
 
 def _lookup(config: dict[str, Any], path: str) -> Any:
     """``config[path]`` for a flat dotted key (as Tune's searchers pass them), else nested."""
-    if path in config:
-        return config[path]
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return config[path] if path in config else get_dotted(config, path)
 
 
 class TrialNamer:
