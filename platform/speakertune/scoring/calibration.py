@@ -206,12 +206,59 @@ def calibrated_reports(
             "qmf": report(qmf(ts, tq), tl, groups, p_target)}
 
 
+def eval_reports(dev: Any, dev_utts: pd.DataFrame, test: Any, test_utts: pd.DataFrame,
+                 groups: np.ndarray | None = None, p_target: float = P_TARGET
+                 ) -> dict[str, dict[str, float]]:
+    """``calibrated_reports`` of two ``scoring.evaluate.EvalResult``s of one checkpoint and
+    backend: ``dev`` trains, ``test`` reports; quality measures are log durations from the
+    manifests' ``duration_s`` (``dev_utts``, ``test_utts``)."""
+    sides = []
+    for res, utts in ((dev, dev_utts), (test, test_utts)):
+        dur = dict(zip(utts["utt"].astype(str), utts["duration_s"].astype(float)))
+        names, q = trial_quality(res.trials, dur)
+        sides.append((res.scores[res.backend], res.trials["label"].to_numpy(), q))
+    return calibrated_reports(sides[0], sides[1], names, groups, p_target)
+
+
+def summary_line(reports: Mapping[str, Mapping[str, float]] | None) -> str:
+    """`` ; actDCF raw/linear/qmf a/b/c, Cllr ...`` for a log line ('' without reports)."""
+    if not reports:
+        return ""
+    sys = ("raw", "linear", "qmf")
+    act = "/".join(f"{reports[k]['act_dcf']:.3f}" for k in sys)
+    cl = "/".join(f"{reports[k]['cllr']:.3f}" for k in sys)
+    return f"; actDCF raw/linear/qmf {act}, Cllr {cl}"
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: per (trial, test list) and calibration, EER [CI], minDCF, actDCF, Cllr
+    of the test scores; [] when no row has calibrated reports."""
+    rows = [r for r in rows if r.get("calibrated")]
+    if not rows:
+        return []
+    p = P_TARGET  # what search.holdout trains and reports at
+    lines = ["", "## Calibrated scores", "",
+             f"Calibrations trained on each checkpoint's dev trials (prior-weighted logistic "
+             f"regression at p_target={p:g}; qmf adds log durations of the shorter and longer "
+             "side), applied to the test scores; raw takes the backend's scores as LLRs. "
+             "actDCF decides at the Bayes threshold log((1-p)/p) = "
+             f"{metrics.bayes_threshold(p):.2f}.",
+             "", f"| dev rank | trial | test list | calibration | EER [95% CI] | minDCF({p:g}) | "
+             f"actDCF({p:g}) | Cllr |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for kind, m in r["calibrated"].items():
+            lines.append(f"| {r['rank']} | {r['trial']} | {r['test']} | {kind} | "
+                         f"{100 * m['eer']:.2f}% [{100 * m['low']:.1f}, {100 * m['high']:.1f}] | "
+                         f"{m['min_dcf']:.3f} | {m['act_dcf']:.3f} | {m['cllr']:.3f} |")
+    return lines
+
+
 def export_calibration(ckpt_dir: str | Path, p_target: float = P_TARGET, far: float = FAR
                        ) -> Path | None:
     """Write ``calibration.json`` into a checkpoint directory: the linear calibration fitted on
     its saved dev trial scores (``val_scores.npz``) of the backend it was ranked on, and two
     LLR thresholds: ``bayes`` at ``p_target`` and ``far`` (dev false-accept rate ``far``).
-    None (and a warning) when the checkpoint saved no dev scores."""
+    None (and a warning) when the checkpoint has no usable dev scores."""
     import yaml
 
     from speakertune.checkpoint import VAL_SCORES, load_val_scores
@@ -225,8 +272,12 @@ def export_calibration(ckpt_dir: str | Path, p_target: float = P_TARGET, far: fl
     mpath = ckpt / "metrics.json"
     backend, _ = checkpoint_backend(json.loads(mpath.read_text()) if mpath.is_file() else None,
                                     cfg)
-    scores, labels = load_val_scores(str(ckpt), backend)
-    cal = fit_linear(scores, labels, p_target)
+    try:
+        scores, labels = load_val_scores(str(ckpt), backend)
+        cal = fit_linear(scores, labels, p_target)
+    except ValueError as exc:  # e.g. no scores of that backend, or a one-class dev list
+        log.warning("%s: no calibration.json (%s)", ckpt, str(exc).splitlines()[0])
+        return None
     llr = cal(scores)
     blob = {
         "backend": backend, "a": float(cal.weights[0]), "b": cal.bias, **cal.to_dict(),
