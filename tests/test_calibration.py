@@ -116,3 +116,15 @@ def test_bad_input_is_one_line():
     with pytest.raises(cal.CalibrationError, match=r"quality \[2, 2\]"):
         cal.Calibration(np.ones(3), 0.0, ("a", "b"))(np.ones(2))
     assert eer(np.r_[0.0, 1.0], np.r_[0, 1])[0] == 0.0
+
+
+def test_trial_quality_sums_enrollment_durations():
+    import pandas as pd
+
+    trials = pd.DataFrame({"enroll": ["a,b", "c"], "test": ["c", "a"], "label": [1, 0]})
+    names, q = cal.trial_quality(trials, {"a": 1.0, "b": 2.0, "c": 4.0},
+                                 {"a": 1.0, "b": 3.0, "c": 5.0})
+    assert names == ["log_dur_min", "log_dur_max", "norm_min", "norm_max"]
+    assert np.allclose(q, [[math.log(3), math.log(4), 2.0, 5.0], [0.0, math.log(4), 1.0, 5.0]])
+    with pytest.raises(cal.CalibrationError, match="no duration/norm for utterance 'c'"):
+        cal.trial_quality(trials, {"a": 1.0, "b": 2.0})

@@ -73,10 +73,10 @@ def evaluate_test_lists(
     corpus = load_corpus(data_cfg)  # the dev trials, which train the calibrations
     dev_list = TestList("dev", corpus.val, corpus.trials)
     for i, row in top.iterrows():
+        dev = None
         try:
             dev = _dev_result(str(row["checkpoint"]), dev_list, backend)
         except (ValueError, OSError) as exc:
-            dev = None
             log(f"dev trials: trial {row['trial']} not calibrated: {str(exc).splitlines()[0]}")
         for name, test in tests.items():
             try:
