@@ -41,11 +41,11 @@ class Decision:
     rule: str  # "bayes" or "far"
 
     def describe(self, cal: dict[str, Any]) -> str:
-        why = (f"Bayes threshold log((1-p)/p) at p_target={cal['p_target']:g}"
+        why = (f"log((1-p)/p) at p_target={cal['p_target']:g}"
                if self.rule == "bayes" else f"dev false-accept rate {cal['far']:g}")
         return (f"{'accept' if self.accept else 'reject'} (LLR {self.llr:.3f} "
-                f"{'>' if self.accept else '<='} {self.threshold:.3f}: {self.rule} threshold, "
-                f"{why})")
+                f"{'>' if self.accept else '<='} {self.threshold:.3f}, the {self.rule} "
+                f"threshold: {why})")
 
 
 @dataclass
