@@ -70,5 +70,6 @@ def test_sweep_scores_the_top_trial_on_test_lists_after_ranking(ray_local, tiny_
     assert "test o EER [CI]" in md and "dev EER [95% CI]" in md
     text = (out / "test_results.md").read_text()
     assert "| 1 | " in text and "| o |" in text and "never ranked" in text
+    assert "## Calibrated scores" in text and "| o | qmf |" in text  # trained on dev trials
     assert result.files["test_results"] == out / "test_results.md"
     assert "test o: trial " in capsys.readouterr().out

@@ -15,6 +15,9 @@ COMMANDS = {
     "evaluate": "evaluate a checkpoint on a trial list (EER, minDCF, DET, t-SNE)",
     "diarize": "diarize recordings with a checkpoint (RTTM, DER)",
     "explain": "attribution maps (saliency, Grad-CAM, ...) for a checkpoint",
+    "verify": "calibrated LLR and accept/reject for two recordings (a sweep's best/)",
+    "enroll": "enroll a speaker's recordings into a gallery folder",
+    "identify": "top-5 gallery speakers of a recording by calibrated LLR",
 }
 KINDS = ("models", "poolings", "losses", "features", "backends")
 

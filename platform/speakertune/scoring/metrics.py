@@ -1,4 +1,4 @@
-"""Verification and identification metrics: EER, minimum DCF, top-k accuracy.
+"""Verification and identification metrics: EER, minimum and actual DCF, Cllr, top-k accuracy.
 
 Operating points are taken at every distinct score (a trial is accepted when its score is
 >= the threshold), so tied scores move together, exactly like scikit-learn's ``roc_curve``.
@@ -99,6 +99,50 @@ def min_dcf(
 ) -> tuple[float, float]:
     """Normalised minimum detection cost and the threshold that reaches it."""
     return min_dcf_from_rates(*error_rates(scores, labels), p_target, c_miss, c_fa)
+
+
+def bayes_threshold(p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> float:
+    """The LLR above which accepting costs less than rejecting: ``log(c_fa (1-p) / (c_miss p))``
+    (4.595 at ``p_target=0.01``), for scores that are calibrated log-likelihood ratios.
+
+    >>> round(bayes_threshold(0.01), 3)
+    4.595
+    """
+    if not 0.0 < p_target < 1.0:
+        raise MetricError(f"p_target must be in (0, 1), got {p_target}")
+    return float(np.log(c_fa * (1.0 - p_target) / (c_miss * p_target)))
+
+
+def act_dcf(
+    llr: np.ndarray,
+    labels: np.ndarray,
+    p_target: float,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
+    """Normalised actual detection cost of LLR scores, decided at the Bayes threshold (accept
+    when ``llr > bayes_threshold``); normalised like ``min_dcf``, so ``act_dcf >= min_dcf`` and
+    the gap is the cost of miscalibration."""
+    llr, is_target = _check(llr, labels)
+    thr = bayes_threshold(p_target, c_miss, c_fa)
+    p_miss = float(np.mean(llr[is_target] <= thr))
+    p_fa = float(np.mean(llr[~is_target] > thr))
+    dcf = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
+    return dcf / min(c_miss * p_target, c_fa * (1.0 - p_target))
+
+
+def cllr(llr: np.ndarray, labels: np.ndarray) -> float:
+    """Log-likelihood-ratio cost (Brümmer) in bits: 1 for an uninformative ``llr == 0``, 0 for
+    a perfect one, above 1 for a badly miscalibrated one.
+
+    >>> cllr(np.zeros(4), np.array([0, 1, 0, 1]))
+    1.0
+    """
+    llr, is_target = _check(llr, labels)
+    # log2(1 + e^x) = logaddexp(0, x) / ln 2, stable for large |x|.
+    tar = np.mean(np.logaddexp(0.0, -llr[is_target]))
+    non = np.mean(np.logaddexp(0.0, llr[~is_target]))
+    return float(0.5 * (tar + non) / np.log(2.0))
 
 
 def verification_report(

@@ -293,7 +293,8 @@ def _local_copy(src: str, dest: str | Path) -> Path:
 
 
 def export_best(row: pd.Series, dest: str | Path) -> Path | None:
-    """Copy the best trial's checkpoint (weights, PLDA/cosine backends, config) to ``dest``."""
+    """Copy the best trial's checkpoint (weights, PLDA/cosine backends, config) to ``dest``,
+    with its ``calibration.json`` fitted on the checkpoint's dev trial scores."""
     src = row.get("checkpoint")
     if not isinstance(src, str) or not src:
         return None
@@ -304,4 +305,7 @@ def export_best(row: pd.Series, dest: str | Path) -> Path | None:
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
     info = redact_config(info)  # params and paths may carry credentials (e.g. s3://key@...)
     (dest / "trial.json").write_text(json.dumps(info, indent=2, default=str))
+    from speakertune.scoring.calibration import export_calibration
+
+    export_calibration(dest)  # calibration.json: dev-trained LLRs and decision thresholds
     return dest
