@@ -15,6 +15,7 @@ COMMANDS = {
     "evaluate": "evaluate a checkpoint on a trial list (EER, minDCF, DET, t-SNE)",
     "diarize": "diarize recordings with a checkpoint (RTTM, DER)",
     "explain": "attribution maps (saliency, Grad-CAM, ...) for a checkpoint",
+    "export": "export a checkpoint's encoder to ONNX/TorchScript, with a parity check",
 }
 KINDS = ("models", "poolings", "losses", "features", "backends")
 
