@@ -26,7 +26,7 @@ import torch
 
 OPSET = 17
 INPUT, OUTPUT = "feats", "embedding"
-EXPORTER = f"torch.onnx.export (TorchScript-based, dynamo=False), opset {OPSET}"
+EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 
 
 def save_onnx(encoder: torch.nn.Module, feat_dim: int, path: Path, example_frames: int = 200

@@ -39,7 +39,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"- checkpoint: `{r['checkpoint']}`; file: `{r['file'] or '(removed: parity failed)'}`",
         f"- exporter: {r['exporter']}; opset: {r['opset'] or 'n/a'}",
         f"- versions: {v}",
-        f"- front end: not in the graph; parameters in `frontend.json` ({r['frontend']})",
+        f"- front end: NOT in the graph: {r['frontend']['name']} (torchaudio.compliance.kaldi) "
+        f"+ per-utterance mean normalisation run before the model, parameters in "
+        f"`{r['frontend']['file']}`",
         f"- limits: max |embedding difference| <= {r['tolerances']['embedding_rel']:g} x "
         f"max(1, max |embedding|); |dev EER difference| <= "
         f"{100 * r['tolerances']['eer_abs']:g}% absolute",
