@@ -89,6 +89,17 @@ def test_onnx_export_parity(tiny_corpus, tmp_path, ecapa_onnx, model):
     assert spec["features"]["num_mel_bins"] == FEAT and spec["in_graph"] is False
     assert "| 7.3 | 728 |" in open(f"{out_dir}/parity.md").read()
     assert "dev EER cosine" in out
+    if model == "ecapa_tdnn":  # the pytorch dev EER is the one scoring.evaluate gives
+        from speakertune.data.sampling import plda_sample
+        from speakertune.scoring.evaluate import evaluate
+
+        corpus = load_corpus(data_cfg(tiny_corpus))
+        fit = plda_sample(corpus.train, 8000, 4, 0)
+        ref = evaluate(ckpt, corpus.val, corpus.trials, backend="both", fit_manifest=fit,
+                       max_seconds=6.0, progress=False, tsne=False)
+        for name in ("cosine", "plda"):
+            assert rep["dev"]["backends"][name]["pytorch"] == pytest.approx(
+                ref.metrics[name]["eer"], abs=1e-12)
 
 
 def test_onnx_file_is_dynamic_against_an_independent_run(tiny_corpus, ecapa_onnx):
@@ -161,7 +172,7 @@ def test_parity_catches_a_different_model(tiny_corpus, tmp_path):
         for p in other.parameters():
             p.add_(0.05 * torch.randn_like(p))
     dev = load_dev_set(ck.cfg)
-    lengths = check_lengths(ck.encoder, other, ck.cfg, dev.uris, (1.0, 2.0))
+    lengths = check_lengths(ck.encoder, other, ck.cfg, dev, (1.0, 2.0))
     res = check_dev(ck.encoder, other, dev, ck.cfg)
     fails = failures(lengths, res)
     assert [f.split(":")[0] for f in fails][:3] == ["1 s utterance", "2 s utterance",

@@ -105,7 +105,7 @@ def export_checkpoint(
     spec = out / "frontend.json"
     spec.write_text(json.dumps(frontend_spec(ckpt.cfg, ckpt.feat_dim), indent=2) + "\n")
     dev = load_dev_set(ckpt.cfg)
-    lengths = check_lengths(ckpt.encoder, exported, ckpt.cfg, dev.uris, lengths_s)
+    lengths = check_lengths(ckpt.encoder, exported, ckpt.cfg, dev, lengths_s)
     dev_res = check_dev(ckpt.encoder, exported, dev, ckpt.cfg)
     fails = failures(lengths, dev_res, emb_tol, eer_tol)
     if fails:

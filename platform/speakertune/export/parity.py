@@ -46,6 +46,7 @@ class DevSet:
     fit_spk: dict[str, str]
     uris: list[str]  # dev audio, in utterance order, for the length checks
     max_seconds: float | None
+    storage_options: dict[str, Any] | None = None
 
 
 def load_dev_set(cfg: dict[str, Any]) -> DevSet:
@@ -69,7 +70,7 @@ def load_dev_set(cfg: dict[str, Any]) -> DevSet:
                   dict(zip(corpus.val["utt"].astype(str), corpus.val["spk"].astype(str))),
                   dict(zip(sample["utt"].astype(str), sample["spk"].astype(str))),
                   [str(u) for u, k in zip(val_df["uri"], val_df["utt"]) if str(k) in val.feats],
-                  max_s)
+                  max_s, so)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,18 +79,22 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def check_lengths(reference: torch.nn.Module, exported: torch.nn.Module, cfg: dict[str, Any],
-                  uris: list[str], lengths_s: tuple[float, ...] = LENGTHS_S
+                  dev: DevSet, lengths_s: tuple[float, ...] = LENGTHS_S
                   ) -> list[dict[str, Any]]:
-    """Max |difference| of the two models' embeddings on dev audio cut to each length."""
+    """Max |difference| of the two models' embeddings on dev audio cut to each length.
+
+    Example: ``check_lengths(enc, OnnxEncoder(p), cfg, dev)[0]`` -> ``{"seconds": 1.0,
+    "frames": 98, "max_abs_diff": 2.4e-06, "max_abs_embedding": 5.7}``.
+    """
     from speakertune.data.audio import load_audio
     from speakertune.frontend.pipeline import extract_features
 
     sr = int(cfg["data"]["sample_rate"])
     need, parts, have = int(max(lengths_s) * sr), [], 0
-    for uri in uris:
+    for uri in dev.uris:
         if have >= need:
             break
-        parts.append(load_audio(uri, sr, cfg["data"].get("storage") or None))
+        parts.append(load_audio(uri, sr, dev.storage_options))
         have += len(parts[-1])
     if have < need:
         raise ParityError(f"the dev audio lasts {have / sr:.1f} s, less than the "
