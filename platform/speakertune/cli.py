@@ -18,6 +18,7 @@ COMMANDS = {
     "verify": "calibrated LLR and accept/reject for two recordings (a sweep's best/)",
     "enroll": "enroll a speaker's recordings into a gallery folder",
     "identify": "top-5 gallery speakers of a recording by calibrated LLR",
+    "export": "export a checkpoint's encoder to ONNX/TorchScript, with a parity check",
 }
 KINDS = ("models", "poolings", "losses", "features", "backends")
 

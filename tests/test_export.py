@@ -1,0 +1,191 @@
+"""Export with parity: ONNX / TorchScript files of small encoders, checked on the tiny corpus."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from speakertune.checkpoint import save_checkpoint
+from speakertune.commands import export as export_command
+from speakertune.config import resolve
+from speakertune.data.audio import load_audio
+from speakertune.data.corpus import load_corpus
+from speakertune.frontend.pipeline import extract_features
+from speakertune.models import build_encoder
+
+FEAT = 24
+
+
+def data_cfg(root) -> dict:
+    return {"corpus": "synthetic", "root": str(root), "speakers": 8, "utts_per_speaker": 4,
+            "val_speakers": 3}
+
+
+def make_checkpoint(path, root, model: dict, pooling: str = "attentive_stats") -> str:
+    cfg = resolve({"model": model, "pooling": {"name": pooling}, "embed_dim": 16,
+                   "features": {"name": "fbank", "num_mel_bins": FEAT}, "data": data_cfg(root),
+                   "backend": {"cosine": {"mean_norm": True}, "plda": {"lda_dim": 4}}})
+    torch.manual_seed(0)
+    enc = build_encoder(cfg["model"], cfg["pooling"], FEAT, cfg["embed_dim"])
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
+        for m in enc.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return str(save_checkpoint(path, encoder=enc.eval(), loss=None, cfg=cfg, num_classes=5,
+                               feat_dim=FEAT))
+
+
+def run_job(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = export_command.main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def dev_waves(root, n=2) -> list[np.ndarray]:
+    corpus = load_corpus(data_cfg(root))
+    return [load_audio(u, 16000) for u in sorted(corpus.val["uri"])[:n]]
+
+
+ECAPA = {"name": "ecapa_tdnn", "channels": 32, "mfa_channels": 96, "se_channels": 16}
+TDNN = {"name": "tdnn", "channels": 32, "out_channels": 64}
+
+
+@pytest.fixture(scope="module")
+def ecapa_onnx(tiny_corpus, tmp_path_factory):
+    """An ECAPA-TDNN checkpoint exported to ONNX once: (checkpoint, job exit code, stdout, err)."""
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("ecapa") / "ckpt", tiny_corpus, ECAPA)
+    return (ckpt, *run_job("--checkpoint", ckpt, "--format", "onnx"))
+
+
+@pytest.mark.parametrize("model", ["ecapa_tdnn", "tdnn", "resnet10"])
+def test_onnx_export_parity(tiny_corpus, tmp_path, ecapa_onnx, model):
+    if model == "ecapa_tdnn":
+        ckpt, code, out, err = ecapa_onnx
+    else:
+        cfg = TDNN if model == "tdnn" else {"name": "resnet10", "base_channels": 8}
+        ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, cfg)
+        code, out, err = run_job("--checkpoint", ckpt, "--format", "onnx")
+    assert code == 0, err
+    out_dir = f"{ckpt}/export/onnx"
+    rep = json.loads(open(f"{out_dir}/parity.json").read())
+    assert rep["passed"] and rep["failures"] == [] and rep["model"] == model
+    assert rep["opset"] == 17 and rep["versions"]["onnxruntime"] == ort.__version__
+    # 1, 3 and 7.3 s of real dev audio through one file: Kaldi framing, 25 ms / 10 ms
+    assert [(r["seconds"], r["frames"]) for r in rep["lengths"]] == [(1.0, 98), (3.0, 298),
+                                                                       (7.3, 728)]
+    for row in [*rep["lengths"], rep["dev"]]:
+        assert row["max_abs_diff"] < 1e-4 * max(1.0, row["max_abs_embedding"])
+    assert rep["dev"]["utterances"] == 12 and rep["dev"]["trials"] > 0
+    for b in rep["dev"]["backends"].values():
+        assert b["abs_diff"] <= 1e-4
+    spec = json.loads(open(f"{out_dir}/frontend.json").read())
+    assert spec["features"]["num_mel_bins"] == FEAT and spec["in_graph"] is False
+    assert "| 7.3 | 728 |" in open(f"{out_dir}/parity.md").read()
+    assert "dev EER cosine" in out
+    if model == "ecapa_tdnn":  # the pytorch dev EER is the one scoring.evaluate gives
+        from speakertune.data.sampling import plda_sample
+        from speakertune.scoring.evaluate import evaluate
+
+        corpus = load_corpus(data_cfg(tiny_corpus))
+        fit = plda_sample(corpus.train, 8000, 4, 0)
+        ref = evaluate(ckpt, corpus.val, corpus.trials, backend="both", fit_manifest=fit,
+                       max_seconds=6.0, progress=False, tsne=False)
+        for name in ("cosine", "plda"):
+            assert rep["dev"]["backends"][name]["pytorch"] == pytest.approx(
+                ref.metrics[name]["eer"], abs=1e-12)
+
+
+def test_onnx_file_is_dynamic_against_an_independent_run(tiny_corpus, ecapa_onnx):
+    """A fresh onnxruntime session (not the exporter's wrapper) on two utterances of
+    different lengths, batch 1 and batch 2, against the PyTorch encoder."""
+    from speakertune.checkpoint import load_checkpoint
+
+    ckpt = ecapa_onnx[0]
+    sess = ort.InferenceSession(f"{ckpt}/export/onnx/encoder.onnx",
+                                providers=["CPUExecutionProvider"])
+    cfg = load_checkpoint(ckpt).cfg
+    enc = load_checkpoint(ckpt).encoder
+    a, b = (extract_features(w, cfg)[None].float() for w in dev_waves(tiny_corpus))
+    assert a.shape[1] != b.shape[1]
+    with torch.no_grad():
+        for x in (a, b, torch.cat([b, b.flip(0) * 0.5])):
+            got = sess.run(["embedding"], {"feats": x.numpy()})[0]
+            np.testing.assert_allclose(got, enc(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_torchscript_export_parity(tiny_corpus, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, TDNN)
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "torchscript")
+    assert code == 0, err
+    out = tmp_path / "ckpt" / "export" / "torchscript"
+    rep = json.loads((out / "parity.json").read_text())
+    assert rep["passed"] and rep["exporter"] == "torch.jit.trace"
+    ts = torch.jit.load(str(out / "encoder.torchscript.pt"))
+    from speakertune.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt)
+    with torch.no_grad():
+        for w in dev_waves(tiny_corpus):
+            x = extract_features(w, ck.cfg)[None].float()
+            torch.testing.assert_close(ts(x), ck.encoder(x), atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_model_is_one_line_naming_it(tiny_corpus, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus,
+                           {"name": "lstm", "hidden": 32, "proj": 16, "layers": 1}, "stats")
+    code, out, err = run_job("--checkpoint", ckpt, "--format", "onnx")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("error: model 'lstm' cannot be exported to ONNX: ")
+    assert "LSTMs with projections" in err
+    assert not (tmp_path / "ckpt" / "export" / "onnx" / "encoder.onnx").exists()
+
+
+def test_parity_exceeded_fails_and_removes_the_model(tiny_corpus, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, TDNN)
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--emb-tol", "1e-12")
+    assert code == 1
+    assert err.startswith("error: tdnn -> onnx: parity exceeded: 1 s utterance: max "
+                          "|embedding difference|")
+    out = tmp_path / "ckpt" / "export" / "onnx"
+    rep = json.loads((out / "parity.json").read_text())
+    assert not rep["passed"] and rep["file"] is None and rep["failures"]
+    assert not (out / "encoder.onnx").exists()
+    assert "FAILED" in (out / "parity.md").read_text()
+
+
+def test_parity_catches_a_different_model(tiny_corpus, tmp_path):
+    """The checks themselves: a model whose weights moved slightly fails both limits."""
+    from speakertune.checkpoint import load_checkpoint
+    from speakertune.export.parity import check_dev, check_lengths, failures, load_dev_set
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, TDNN)
+    ck, other = load_checkpoint(ckpt), load_checkpoint(ckpt).encoder
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dev = load_dev_set(ck.cfg)
+    lengths = check_lengths(ck.encoder, other, ck.cfg, dev, (1.0, 2.0))
+    res = check_dev(ck.encoder, other, dev, ck.cfg)
+    fails = failures(lengths, res)
+    assert [f.split(":")[0] for f in fails][:3] == ["1 s utterance", "2 s utterance",
+                                                    "dev embeddings"]
+    assert all(r["max_abs_diff"] > 1e-3 for r in lengths)
+
+
+def test_errors_are_one_line(tmp_path):
+    from speakertune import cli
+
+    (tmp_path / "empty").mkdir()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["export", "--checkpoint", str(tmp_path / "empty"), "--format", "onnx"])
+    assert code == 2
+    assert err.getvalue() == f"error: {tmp_path / 'empty'}: not a checkpoint (no model.pt)\n"
