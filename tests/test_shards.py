@@ -5,6 +5,7 @@ Ray Train run from shards in SeaweedFS)."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,31 @@ def test_sharded_stream_equals_the_per_file_stream(ray_local, tiny_corpus, tmp_p
         build_train_dataset(corpus, cfg, epoch_seed=3)
     per_file.skip_counter.close()
     sharded.skip_counter.close()
+
+
+@pytest.mark.slow
+def test_tiny_train_run_streams_from_shards_in_seaweedfs(ray_local, s3_server, tiny_corpus,
+                                                         tmp_path):
+    """Ray Train from shards in the bucket. The training speakers' local files are deleted
+    first, so a run that read them per file would skip every utterance."""
+    from speakertune.data.corpus import load_corpus
+    from speakertune.train import driver
+    from test_trainer import tiny_cfg
+
+    root = tmp_path / "c"
+    shutil.copytree(tiny_corpus, root)
+    bucket = s3_server.make_bucket("train-shards")
+    opts = s3_server.storage_options
+    write_shards(read_manifest(root / "manifest.parquet"), f"s3://{bucket}/sh", opts,
+                 shard_mb=0.5)
+    cfg = tiny_cfg(root, epochs=2, num_workers=1, cpus_per_worker=1)
+    cfg["data"].update(corpus="manifest", manifest=str(root / "manifest.parquet"),
+                       shards=f"s3://{bucket}/sh", storage=opts)
+    corpus = load_corpus(cfg["data"])
+    for uri in corpus.train["uri"]:
+        Path(uri).unlink()
+    out = driver.train(cfg, storage_path=str(tmp_path / "runs"), name="shards")
+    history = out["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["skipped_utterances"] == 0 and np.isfinite(h["train_loss"]) for h in history)
+    assert all(0.0 <= h["val_eer"] <= 1.0 for h in history)
