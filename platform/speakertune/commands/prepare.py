@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from speakertune.config import DEFAULTS
 
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_shards(df, args: argparse.Namespace, skipped: list | None) -> None:
+def _write_shards(df: Any, args: argparse.Namespace, skipped: list | None) -> None:
+    """Pack the manifest rows ``df`` into shards; files that fail to decode are counted."""
     from speakertune.data.shards import write_shards
 
     out = getattr(args, "shards", None) or args.shards_dir
@@ -129,8 +131,8 @@ def _publish(args: argparse.Namespace) -> int:
     from speakertune.data.publish import publish_corpus
 
     out = publish_corpus(args.corpus_dir, args.dest)
-    print(f"{args.dest}: uploaded {out.files} files ({out.bytes / 2**20:.1f} MB of unchanged "
-          f"files); manifests with rewritten URIs: {', '.join(out.manifests)}")
+    print(f"{args.dest}: uploaded {out.files} files ({out.bytes / 2**20:.1f} MB); manifests "
+          f"with rewritten URIs: {', '.join(out.manifests)}")
     return 0
 
 
