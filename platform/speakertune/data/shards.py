@@ -4,19 +4,21 @@ An epoch over a per-file corpus in a bucket is one GET per utterance (VoxCeleb2:
 shards it is a few thousand large sequential reads. Layout of a shard directory (local or
 ``s3://``)::
 
-    DIR/shard-00000.parquet ...   columns utt, spk, session, duration_s, sample_rate,
-                                  audio (FLAC bytes, 16-bit PCM, mono, the source's rate)
-    DIR/index.parquet             utt, spk, duration_s, shard (file name): checks and counts
-                                  without opening a shard
+    DIR/shards/shard-00000.parquet ...  columns utt, spk, session, duration_s, sample_rate,
+                                        audio (FLAC bytes, 16-bit PCM, mono, the source's rate)
+    DIR/index.parquet                   utt, spk, duration_s, shard (path under DIR): checks
+                                        and counts without opening a shard
 
-Rows are written in a seeded random order, so every shard mixes speakers. For training
-(``data.shards: DIR`` beside ``data.manifest``, which still decides the train/dev/test split)
-``build_shard_dataset`` streams the shards with ``ray.data.read_parquet``: the shard order is
-shuffled per epoch (``FileShuffleConfig`` reseeded on Ray Data's execution index) and rows are
-shuffled within a buffer of ``data.shard_buffer`` rows, seeded on ``(seed, epoch, first utt)``.
-Crops and augmentation use the same per-utterance RNG as the per-file stream, so both give
-the same features for the same utterance and epoch. ``randomize_block_order`` is not used: it
-is a barrier (every block is read before the first is handed on), which defeats streaming.
+``DIR/shards`` is a plain Parquet dataset (``ray.data.read_parquet("DIR/shards")``,
+``pyarrow.parquet.read_table``). Rows are written in a seeded random order, so every shard
+mixes speakers. For training (``data.shards: DIR`` beside ``data.manifest``, which still
+decides the train/dev/test split) ``build_shard_dataset`` streams the shards: the shard order
+is a permutation seeded on ``(seed, epoch)`` (Ray Data's execution index, as the per-file
+stream), each shard is read a row group at a time, and rows are shuffled within buffers of
+``data.shard_buffer`` rows seeded on ``(seed, epoch, first utt)``. Crops and augmentation use
+the same per-utterance RNG as the per-file stream, so both give the same features for the same
+utterance and epoch. (``randomize_block_order`` is not used: it is a barrier, every block is
+read before the first is handed on, which defeats streaming.)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import io
 import math
 import uuid
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +119,7 @@ def write_shards(
 
     def flush() -> None:
         nonlocal pending, size
-        name = f"shard-{len(summary.files):05d}.parquet"
+        name = f"shards/shard-{len(summary.files):05d}.parquet"
         _write_table(pending, join(out, name), opts, size)
         index.extend({"utt": p["utt"], "spk": p["spk"], "duration_s": p["duration_s"],
                       "shard": name} for p in pending)  # fmt: skip
@@ -176,28 +179,50 @@ def decode_row(audio: bytes, sample_rate: int, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- training stream
-_STATE: dict[str, tuple[Any, dict[str, int]]] = {}
+_STATE: dict[str, tuple[Any, dict[str, int], list[str], Opts]] = {}
 
 
-def _shard_rows(batch: dict[str, np.ndarray], token: str, spec_ref: Any,
-                seed: int) -> dict[str, np.ndarray]:
-    """Map task: a buffer of shard rows -> shuffled feature rows of the training utterances."""
+def _state(token: str, spec_ref: Any) -> tuple[Any, dict[str, int], list[str], Opts]:
+    """This process's front end, utt -> label map and shard list for one dataset (cached)."""
     import ray
     import torch
-    from ray.data import DataContext
 
     from speakertune.frontend.pipeline import FrontEnd
 
     if token not in _STATE:
-        torch.set_num_threads(1)
-        if len(_STATE) >= 4:
+        torch.set_num_threads(1)  # one task per data CPU
+        if len(_STATE) >= 4:  # a long-lived worker serving many trials: stay bounded
             _STATE.pop(next(iter(_STATE)))
         spec = dict(ray.get(spec_ref))
-        rows = spec.pop("rows")
-        _STATE[token] = (FrontEnd(**spec), dict(zip(rows["utt"].tolist(), rows["label"].tolist())))
-    fe, labels = _STATE[token]
+        rows, files = spec.pop("rows"), spec.pop("shard_files")
+        labels = dict(zip(rows["utt"].tolist(), rows["label"].tolist()))
+        _STATE[token] = (FrontEnd(**spec), labels, files, spec.get("storage_options"))
+    return _STATE[token]
+
+
+def _shard_tasks(batch: dict[str, np.ndarray], token: str, spec_ref: Any, seed: int,
+                 buffer: int) -> Iterator[dict[str, np.ndarray]]:
+    """Map task: slot ``i`` of this epoch's shard order -> feature rows of that shard, read a
+    row group at a time and shuffled within buffers of ``buffer`` rows (a generator, so the
+    rows stream out while the shard is being read)."""
+    from ray.data import DataContext
+
+    fe, labels, files, opts = _state(token, spec_ref)
     execution = int(getattr(DataContext.get_current(), "_execution_idx", 0))
-    utts = [str(u) for u in batch["utt"]]
+    order = np.random.default_rng([seed, execution]).permutation(len(files))
+    for slot in batch["id"]:
+        uri = files[order[int(slot)]]
+        fs, path = get_filesystem(uri, opts)
+        with fs.open_input_file(path) as f:
+            reader = pq.ParquetFile(f)
+            for part in reader.iter_batches(batch_size=buffer, columns=["utt", "audio"]):
+                yield _features(fe, labels, part.to_pydict(), seed, execution)
+
+
+def _features(fe: Any, labels: dict[str, int], rows: dict[str, list], seed: int,
+              execution: int) -> dict[str, np.ndarray]:
+    """Buffered shard rows -> shuffled feature rows of the training utterances (skips counted)."""
+    utts = [str(u) for u in rows["utt"]]
     keep = [i for i, u in enumerate(utts) if u in labels]  # dev/test speakers never train
     if keep:
         rng = np.random.default_rng([seed, execution, zlib.crc32(utts[keep[0]].encode())])
@@ -205,7 +230,7 @@ def _shard_rows(batch: dict[str, np.ndarray], token: str, spec_ref: Any,
     feats, out_labels, skipped = [], [], []
     for i in keep:
         try:
-            wave = decode_row(batch["audio"][i], fe.sr, utts[i])
+            wave = decode_row(rows["audio"][i], fe.sr, utts[i])
         except (OSError, ValueError) as exc:
             skipped.append((utts[i], f"shard row {utts[i]}", str(exc).splitlines()[0]))
             continue
@@ -222,9 +247,14 @@ def _shard_rows(batch: dict[str, np.ndarray], token: str, spec_ref: Any,
 def build_shard_dataset(spec: dict[str, Any], cfg: dict[str, Any], data_cpus: int) -> Any:
     """The training stream read from ``cfg["data"]["shards"]``; ``spec`` is the front end spec
     of ``frontend.pipeline.build_train_dataset`` (rows ``utt``/``label`` of the train split).
-    Rows as the per-file stream: ``{"feats": float32[max_frames, dims], "label": int64}``."""
+    Rows as the per-file stream: ``{"feats": float32[max_frames, dims], "label": int64}``.
+
+    One operator, as the per-file stream: in-memory blocks of shard slots, each task reading
+    the shard its slot maps to in this epoch's order. (``ray.data.read_parquet`` reads the
+    same files, but adds list/footer/read operators that each hold a CPU slot of the small
+    data-CPU budget, and its file shuffle happens once per plan, not inside the stream.)
+    """
     import ray
-    from ray.data import FileShuffleConfig
 
     shards, opts = str(cfg["data"]["shards"]), spec.get("storage_options") or None
     index = read_index(shards, opts)
@@ -234,21 +264,16 @@ def build_shard_dataset(spec: dict[str, Any], cfg: dict[str, Any], data_cpus: in
         raise DataError(f"data.shards: {int(missing.sum())} of {len(missing)} training "
                         f"utterances are not in {shards} (e.g. {utts[missing].iloc[0]!r}); "
                         "re-run `speakertune prepare shard` on this manifest")
-    fs, _ = get_filesystem(shards, opts)
-    names = sorted(index["shard"].unique())
-    paths = [get_filesystem(join(shards, name), opts)[1] for name in names]
+    files = [join(shards, name) for name in sorted(index["shard"].unique())]
     seed = int(spec["seed"])
     buffer = max(1, int(cfg["data"].get("shard_buffer") or 256))
-    ds = ray.data.read_parquet(
-        paths, filesystem=fs, columns=["utt", "audio"],
-        shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True),
-    ).map_batches(
-        _shard_rows, batch_size=buffer, batch_format="numpy", num_cpus=1,
+    ref = ray.put({**spec, "shard_files": files})
+    ds = ray.data.from_pandas([pd.DataFrame({"id": [i]}) for i in range(len(files))]).map_batches(
+        _shard_tasks, batch_size=1, batch_format="numpy", num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=data_cpus),
-        fn_kwargs={"token": uuid.uuid4().hex, "spec_ref": ray.put(spec), "seed": seed},
+        fn_kwargs={"token": uuid.uuid4().hex, "spec_ref": ref, "seed": seed, "buffer": buffer},
     )  # fmt: skip
     ds.context.op_resource_reservation_enabled = False
     ds.context.enable_progress_bars = False
     ds.skip_counter = spec["skip_counter"]
     return ds
-
