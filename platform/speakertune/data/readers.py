@@ -251,8 +251,10 @@ def _list_audio(root: str, storage_options: Opts, missing: str) -> list[tuple[st
             raise ManifestError(f"{root}: {missing}")
     try:
         uris = list_files(root, storage_options)
-    except StorageError as exc:
-        raise ManifestError(f"{root}: {missing} ({exc})") from None
+    except StorageError as exc:  # "not found" in the reader's words; others (network) as they are
+        text = str(exc)
+        raise ManifestError(f"{root}: {missing}" if "directory not found" in text else text
+                            ) from None
     n = len(root.rstrip("/")) + 1
     return [(u[n:], u) for u in uris if os.path.splitext(u)[1].lower() in AUDIO_SUFFIXES]
 
