@@ -44,9 +44,11 @@ class SeaweedS3:
 
     region = "us-east-1"
 
-    def __init__(self, workdir: str | Path, timeout: float = 60.0) -> None:
+    def __init__(self, workdir: str | Path, timeout: float = 60.0,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir)
         self.timeout = timeout
+        self.extra_args = tuple(extra_args)  # more `weed mini` flags (benchmarks: metrics port)
         self.access_key = "st" + secrets.token_hex(8)
         self.secret_key = secrets.token_hex(20)
         self.proc: subprocess.Popen | None = None
@@ -79,7 +81,7 @@ class SeaweedS3:
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=32",
                "-volume.max=8"]  # fmt: skip
-        cmd += [f"-{k}={v}" for k, v in ports.items()]
+        cmd += [f"-{k}={v}" for k, v in ports.items()] + list(self.extra_args)
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(
             cmd,

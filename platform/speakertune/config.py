@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
         "sample_rate": 16000,
         "min_seconds": 1.5,
         "max_seconds": 2.5,
+        # Parquet shards of the manifest's audio (`prepare shard`), local or s3://: training
+        # streams them instead of one read per file; rows shuffled within shard_buffer rows.
+        "shards": None,
+        "shard_buffer": 256,
         "storage": {},  # e.g. {"endpoint_override": "http://127.0.0.1:8333", "region": "us-east-1"}
     },
     "preprocess": {"bandpass": None, "vad": False},

@@ -6,9 +6,15 @@
     speakertune prepare csv corpus.csv [--trials trials.txt] --out data/mine
     speakertune prepare musan /corpora/musan --out data/musan      # augment.noise_bank
     speakertune prepare rirs /corpora/RIRS_NOISES --out data/rirs   # augment.rir_bank
+    speakertune prepare voxceleb s3://bucket/vox1/wav --out data/vox1   # audio stays in the bucket
+    speakertune prepare voxceleb /corpora/vox1/wav --out data/vox1 --shards s3://bucket/vox1-shards
+    speakertune prepare shard data/vox1/manifest.parquet data/vox1/shards --shard-mb 256
+    speakertune prepare publish data/vox1 s3://bucket/vox1          # upload + rewrite URIs
 
-Unreadable, empty, truncated and too-short files are skipped, counted and listed in
-``OUT/skipped.tsv`` (``--strict`` stops at the first instead).
+Roots, data dirs, CSVs and trial lists may be ``s3://`` URIs (credentials and endpoint from the
+AWS_* environment variables); the manifest's URIs then point into the bucket. Unreadable,
+empty, truncated and too-short files are skipped, counted and listed in ``OUT/skipped.tsv``
+(``--strict`` stops at the first instead).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from speakertune.config import DEFAULTS
 
@@ -47,9 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", required=True, help="output directory")
         sp.add_argument("--strict", action="store_true",
                         help="stop at the first bad file instead of skipping it")
+    sh = sub.add_parser("shard", help="pack a manifest's audio into Parquet shards")
+    sh.add_argument("manifest")
+    sh.add_argument("shards_dir", metavar="DIR", help="shard directory (local or s3://)")
+    sh.add_argument("--strict", action="store_true",
+                    help="stop at the first bad file instead of skipping it")
+    pub = sub.add_parser("publish", help="upload a prepared corpus, rewriting its URIs")
+    pub.add_argument("corpus_dir", metavar="DIR")
+    pub.add_argument("dest", metavar="URI", help="s3://bucket/prefix")
     for sp in (k, v, c):
         sp.add_argument("--min-seconds", type=float, default=0.5,
                         help="skip shorter utterances (default 0.5)")
+        sp.add_argument("--shards", metavar="DIR",
+                        help="also pack the audio into Parquet shards here (local or s3://)")
+    for sp in (k, v, c, sh):
+        sp.add_argument("--shard-mb", type=float, default=256.0,
+                        help="target shard size in MB (default 256)")
+        sp.add_argument("--seed", type=int, default=data["seed"], help="shard row order")
     return p
 
 
@@ -68,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"synthetic corpus ready: {root}/manifest.parquet, {root}/trials.txt")
             return 0
+        if args.kind in ("shard", "publish"):
+            return _shard(args) if args.kind == "shard" else _publish(args)
         skipped: list[tuple[str, str]] | None = None if args.strict else []
         df, trials = _read(args, skipped)
         manifest, trials_out = readers.write_corpus(df, trials, args.out, skipped)
+        if args.kind in ("kaldi", "voxceleb", "csv") and args.shards:
+            _write_shards(df, args, None if args.strict else [])
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +106,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{Path(args.out) / 'skipped.tsv'}")
     if trials_out:
         print(f"{trials_out}: {len(trials)} trials ({int(trials['label'].sum())} target)")
+    return 0
+
+
+def _write_shards(df: Any, args: argparse.Namespace, skipped: list | None) -> None:
+    """Pack the manifest rows ``df`` into shards; files that fail to decode are counted."""
+    from speakertune.data.shards import write_shards
+
+    out = getattr(args, "shards", None) or args.shards_dir
+    s = write_shards(df, out, shard_mb=args.shard_mb, seed=args.seed, skipped=skipped)
+    print(f"{out}: {len(s.files)} shard(s), {s.rows} utterances, {s.bytes / 2**20:.1f} MB of FLAC"
+          + (f", skipped {len(s.skipped)} unreadable (first: {s.skipped[0][1]})" if s.skipped
+             else ""))  # fmt: skip
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from speakertune.data.manifest import read_manifest
+
+    _write_shards(read_manifest(args.manifest), args, None if args.strict else [])
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from speakertune.data.publish import publish_corpus
+
+    out = publish_corpus(args.corpus_dir, args.dest)
+    print(f"{args.dest}: uploaded {out.files} files ({out.bytes / 2**20:.1f} MB); manifests "
+          f"with rewritten URIs: {', '.join(out.manifests)}")
     return 0
 
 

@@ -3,12 +3,15 @@
 Each returns ``(manifest DataFrame, trials DataFrame or None)`` with absolute URIs.
 Durations come from a CSV ``duration_s`` column when given, otherwise from the
 audio headers (which also catches missing, corrupt and empty files up front).
+Roots and list files may be local or in object storage (``s3://bucket/vox/wav``): listing
+and reads go through ``data.storage``, and the manifest's URIs then point into the bucket.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,29 +24,39 @@ import pandas as pd
 import soundfile as sf
 
 from speakertune.data.audio import audio_info, load_audio
-from speakertune.data.errors import AudioError, ManifestError
+from speakertune.data.errors import AudioError, ManifestError, StorageError
 from speakertune.data.manifest import validate_manifest, write_manifest
-from speakertune.data.storage import resolve_uri
+from speakertune.data.storage import (
+    dirname,
+    exists,
+    has_scheme,
+    join,
+    list_files,
+    read_text,
+    resolve_uri,
+)
 from speakertune.data.summary import write_summary
 from speakertune.data.trials import check_trials, read_trials, write_trials
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".m4a")  # .m4a: VoxCeleb2, decoded by PyAV
 
 
-def _read_text(path: Path) -> str:
+Opts = dict[str, Any] | None  # storage_options (see data.storage)
+
+
+def _read_text(path: str | Path, storage_options: Opts = None) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read ({exc})") from None
+        return read_text(path, storage_options)
+    except StorageError as exc:
+        raise ManifestError(str(exc)) from None
 
 
-def read_table(path: Path, min_fields: int, max_fields: int | None = None) -> list[list[str]]:
+def read_table(path: str | Path, min_fields: int, max_fields: int | None = None,
+               storage_options: Opts = None) -> list[list[str]]:
     """Whitespace-separated Kaldi-style table; each row is returned with its line number
     appended. Errors name file and line."""
     rows = []
-    text = _read_text(path)
+    text = _read_text(path, storage_options)
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if not parts:
@@ -131,41 +144,45 @@ def _progress(total: int, what: str, every_s: float = 5.0):
 
 
 def read_kaldi(
-    data_dir: str | Path, skipped: list[tuple[str, str]] | None = None, min_seconds: float = 0.0
+    data_dir: str | Path, skipped: list[tuple[str, str]] | None = None, min_seconds: float = 0.0,
+    storage_options: Opts = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """A Kaldi data dir: ``wav.scp`` + ``utt2spk`` (or ``spk2utt``), optional ``segments``
-    and ``trials``. Durations always come from the audio headers (this validates the audio;
-    ``skipped``: see ``probe_durations``). With ``segments`` rows carry ``offset_s`` (see
-    ``materialize_segments``). Piped ``wav.scp`` commands are not supported."""
-    d = Path(data_dir)
-    scp_path = d / "wav.scp"
-    wav = _unique_map(read_table(scp_path, 2), scp_path)
+    """A Kaldi data dir (local or ``s3://``): ``wav.scp`` + ``utt2spk`` (or ``spk2utt``),
+    optional ``segments`` and ``trials``. Durations always come from the audio headers (this
+    validates the audio; ``skipped``: see ``probe_durations``). With ``segments`` rows carry
+    ``offset_s`` (see ``materialize_segments``). Piped ``wav.scp`` commands are not supported;
+    relative paths in ``wav.scp`` are relative to the data dir."""
+    d, opts = str(data_dir), storage_options
+
+    def table(name: str, lo: int, hi: int | None = None) -> list[list[str]]:
+        return read_table(join(d, name), lo, hi, opts)
+
+    scp_path = join(d, "wav.scp")
+    wav = _unique_map(table("wav.scp", 2), scp_path)
     for rec, fields in wav.items():
         if len(fields) != 2 or fields[0].endswith("|") or fields[-2].endswith("|"):
             raise ManifestError(
                 f"{scp_path}:{fields[-1]}: {rec!r}: only plain paths are supported, not "
                 "piped commands (convert the audio to wav/flac first)"
             )
-    if (d / "utt2spk").exists():
-        utt2spk = {
-            u: f[0] for u, f in _unique_map(read_table(d / "utt2spk", 2, 2), d / "utt2spk").items()
-        }
-    elif (d / "spk2utt").exists():
+    if exists(join(d, "utt2spk"), opts):
+        utt2spk = {u: f[0] for u, f in _unique_map(table("utt2spk", 2, 2),
+                                                   join(d, "utt2spk")).items()}  # fmt: skip
+    elif exists(join(d, "spk2utt"), opts):
         utt2spk = {}
-        for row in read_table(d / "spk2utt", 2):
+        for row in table("spk2utt", 2):
             for u in row[1:-1]:
                 if u in utt2spk:
-                    raise ManifestError(f"{d / 'spk2utt'}:{row[-1]}: utterance {u!r} listed twice")
+                    raise ManifestError(f"{join(d, 'spk2utt')}:{row[-1]}: utterance {u!r} "
+                                        "listed twice")
                 utt2spk[u] = row[0]
     else:
         raise ManifestError(f"{d}: neither utt2spk nor spk2utt found")
 
     records = []
-    if (d / "segments").exists():
-        seg_path = d / "segments"
-        for seg, (rec, start, end, line) in _unique_map(
-            read_table(seg_path, 4, 4), seg_path
-        ).items():
+    if exists(join(d, "segments"), opts):
+        seg_path = join(d, "segments")
+        for seg, (rec, start, end, line) in _unique_map(table("segments", 4, 4), seg_path).items():
             if rec not in wav:
                 raise ManifestError(f"{seg_path}:{line}: recording {rec!r} not in wav.scp")
             try:
@@ -185,7 +202,7 @@ def read_kaldi(
         r["spk"] = utt2spk[r["utt"]]
     df = pd.DataFrame(records).rename(columns={"duration_s": "seg_s"})
     listed = df["utt"].tolist()
-    df = probe_durations(df, df["line"].tolist(), skipped=skipped, min_seconds=min_seconds)
+    df = probe_durations(df, df["line"].tolist(), opts, skipped, min_seconds)
     if "seg_s" in df:
         too_long = df["seg_s"] + df["offset_s"] > df["duration_s"] + 0.01
         if too_long.any():
@@ -196,8 +213,8 @@ def read_kaldi(
         df["duration_s"] = df["seg_s"]
     cols = ["utt", "spk", "uri", "duration_s", "sample_rate"]
     df = validate_manifest(df[cols + (["offset_s"] if "offset_s" in df else [])], str(scp_path))
-    trials_path = d / "trials" if (d / "trials").exists() else None
-    return df, _trials(trials_path, df["utt"], listed, skipped)
+    trials_path = join(d, "trials") if exists(join(d, "trials"), opts) else None
+    return df, _trials(trials_path, df["utt"], listed, skipped, opts)
 
 
 def read_voxceleb(
@@ -205,25 +222,41 @@ def read_voxceleb(
     trials_path: str | Path | None = None,
     skipped: list[tuple[str, str]] | None = None,
     min_seconds: float = 0.0,
+    storage_options: Opts = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """VoxCeleb layout ``root/<spk>/<video>/<nnnnn>.wav`` (or .flac, .m4a). Utterance ids are the
-    paths relative to ``root`` (``id10270/x6uYqmx31kE/00001.wav``), which is what the
-    official trial lists (``1 enroll test``) name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"{root}: VoxCeleb root directory not found")
-    files = sorted(p for p in root.glob("*/*/*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    """VoxCeleb layout ``root/<spk>/<video>/<nnnnn>.wav`` (or .flac, .m4a), local or in object
+    storage. Utterance ids are the paths relative to ``root`` (``id10270/x6uYqmx31kE/00001.wav``),
+    which is what the official trial lists (``1 enroll test``) name."""
+    root = str(root).rstrip("/") or "/"
+    found = _list_audio(root, storage_options, "VoxCeleb root directory not found")
+    rel, files = zip(*[(r, u) for r, u in found if r.count("/") == 2]) if found else ((), ())
     if not files:
         raise ManifestError(f"{root}: no <speaker>/<video>/<utt>.wav|.flac|.m4a files found")
-    rel = [p.relative_to(root).as_posix() for p in files]
+    rel, files = list(rel), list(files)
     parts = [r.split("/") for r in rel]
     df = pd.DataFrame(
         {"utt": rel, "spk": [p[0] for p in parts], "session": [p[1] for p in parts],
-         "uri": [str(p) for p in files]}
+         "uri": files}
     )  # fmt: skip
-    df = probe_durations(df, [str(p) for p in files], skipped=skipped, min_seconds=min_seconds)
-    df = validate_manifest(df, str(root))
-    return df, _trials(trials_path, df["utt"], rel, skipped)
+    df = probe_durations(df, files, storage_options, skipped, min_seconds)
+    df = validate_manifest(df, root)
+    return df, _trials(trials_path, df["utt"], rel, skipped, storage_options)
+
+
+def _list_audio(root: str, storage_options: Opts, missing: str) -> list[tuple[str, str]]:
+    """``(path relative to root, absolute URI)`` of every audio file under ``root``."""
+    if not has_scheme(root):
+        root = os.path.abspath(root)
+        if not os.path.isdir(root):
+            raise ManifestError(f"{root}: {missing}")
+    try:
+        uris = list_files(root, storage_options)
+    except StorageError as exc:  # "not found" in the reader's words; others (network) as they are
+        text = str(exc)
+        raise ManifestError(f"{root}: {missing}" if "directory not found" in text else text
+                            ) from None
+    n = len(root.rstrip("/")) + 1
+    return [(u[n:], u) for u in uris if os.path.splitext(u)[1].lower() in AUDIO_SUFFIXES]
 
 
 def read_csv(
@@ -231,11 +264,13 @@ def read_csv(
     trials_path: str | Path | None = None,
     skipped: list[tuple[str, str]] | None = None,
     min_seconds: float = 0.0,
+    storage_options: Opts = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """A CSV with header ``utt,spk,uri[,duration_s,sample_rate,...]``; relative URIs are
-    relative to the CSV's directory. Missing durations are read from the audio headers."""
-    path = Path(path)
-    text = _read_text(path)
+    """A CSV (local or ``s3://``) with header ``utt,spk,uri[,duration_s,sample_rate,...]``;
+    relative URIs are relative to the CSV's directory. Missing durations are read from the
+    audio headers."""
+    path = str(path)
+    text = _read_text(path, storage_options)
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise ManifestError(f"{path}: empty CSV (no header)")
@@ -253,7 +288,7 @@ def read_csv(
         for col in ("utt", "spk", "uri"):
             if not rec[col]:
                 raise ManifestError(f"{path}:{n}: empty {col!r}")
-        rec["uri"] = _abs(rec["uri"], path.parent)
+        rec["uri"] = _abs(rec["uri"], dirname(path))
         records.append(rec)
         where.append(f"{path}:{n}")
     if not records:
@@ -271,20 +306,21 @@ def read_csv(
                 i = int(bad.to_numpy().argmax())
                 raise ManifestError(f"{where[i]}: {col} is not a number: {df[col].iat[i]!r}")
     else:
-        df = probe_durations(df, where, skipped=skipped, min_seconds=min_seconds)
+        df = probe_durations(df, where, storage_options, skipped, min_seconds)
     listed = [r["utt"] for r in records]
-    df = validate_manifest(df, str(path))
-    return df, _trials(trials_path, df["utt"], listed, skipped)
+    df = validate_manifest(df, path)
+    return df, _trials(trials_path, df["utt"], listed, skipped, storage_options)
 
 
 def _trials(
-    path: str | Path | None, kept: pd.Series, listed: list[str], skipped: list | None
+    path: str | Path | None, kept: pd.Series, listed: list[str], skipped: list | None,
+    storage_options: Opts = None,
 ) -> pd.DataFrame | None:
     """Read a trial list checked against every listed utterance; trials that name a skipped
     file are dropped and counted (one ``skipped`` entry for the list)."""
     if path is None:
         return None
-    trials = read_trials(path, known_utts=listed)
+    trials = read_trials(path, known_utts=listed, storage_options=storage_options)
     keep = set(kept)
     ok = trials["enroll"].isin(keep) & trials["test"].isin(keep)
     if not ok.all() and skipped is not None:
@@ -320,23 +356,22 @@ def read_rirs(
 
 
 def _bank(root: str | Path, category: Any, skipped: list | None) -> pd.DataFrame:
-    root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"{root}: directory not found")
+    root = str(root).rstrip("/") or "/"
     rows = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        cat = category(rel) if p.suffix.lower() in AUDIO_SUFFIXES else None
+    for rel, uri in _list_audio(root, None, "directory not found"):
+        cat = category(rel)
         if cat:
-            rows.append({"utt": rel, "spk": cat, "category": cat, "uri": str(p)})
+            rows.append({"utt": rel, "spk": cat, "category": cat, "uri": uri})
     if not rows:
         raise ManifestError(f"{root}: no audio files in the expected layout (see datasets/)")
     df = pd.DataFrame(rows)
     df = probe_durations(df, df["uri"].tolist(), skipped=skipped)
-    return validate_manifest(df, str(root))
+    return validate_manifest(df, root)
 
 
-def materialize_segments(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
+def materialize_segments(
+    df: pd.DataFrame, out_dir: str | Path, storage_options: Opts = None
+) -> pd.DataFrame:
     """Cut rows with ``offset_s`` (Kaldi ``segments``) into their own FLAC files under
     ``out_dir`` so every manifest row is a whole file."""
     if "offset_s" not in df:
@@ -346,7 +381,7 @@ def materialize_segments(df: pd.DataFrame, out_dir: str | Path) -> pd.DataFrame:
     df = df.copy()
     for i, row in enumerate(df.itertuples()):
         sr = int(row.sample_rate)
-        wave = load_audio(row.uri, sr)
+        wave = load_audio(row.uri, sr, storage_options)
         start = int(round(row.offset_s * sr))
         piece = wave[start : start + int(round(row.duration_s * sr))]
         target = out_dir / f"{row.utt.replace('/', '_')}.flac"
@@ -382,5 +417,6 @@ def write_corpus(
     return manifest, trials_out
 
 
-def _abs(uri: str, base: Path) -> str:
-    return resolve_uri(uri, str(base.absolute()))
+def _abs(uri: str, base: str | Path) -> str:
+    base = str(base)
+    return resolve_uri(uri, base if has_scheme(base) else os.path.abspath(base))

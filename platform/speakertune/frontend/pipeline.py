@@ -252,6 +252,10 @@ def build_train_dataset(
         "seed": int(epoch_seed), "skip_counter": counter,
     }
     FrontEnd(**{k: v for k, v in spec.items() if k != "rows"})  # fail fast on bad config here
+    if cfg["data"].get("shards"):  # a sharded corpus: only the read step differs
+        from speakertune.data.shards import build_shard_dataset
+
+        return build_shard_dataset(spec, cfg, data_cpus)
     # Utterances per task: big enough to amortise task overhead (~1 ms), small enough that
     # every data CPU gets several tasks per epoch and the first batch arrives early.
     chunk_rows = chunk_rows or min(32, max(4, math.ceil(len(df) / (4 * data_cpus))))
