@@ -4,10 +4,11 @@ One implementation for both places it runs (``frontend.device``): a Ray Data CPU
 it to the utterances of its chunk; with ``worker``/``gpu`` (``auto`` on a GPU trainer) the task
 only reads, decodes and crops, and the train worker applies it to whole batches on its device.
 
-A raw batch is a dict of columns (numpy or torch), ``B`` rows:
-``wave`` int16 ``[B, T]`` (zero-padded crops), ``speed`` int8 ``[B]`` (``Augmenter.speed_choice``'s
-k: 0 none, else factor ``perturbed[k - 1]``; the crop of row b holds ``crop_samples`` of it), the plan of ``Augmenter.draw`` (``rir``, ``snr``,
-``noise_kind``, ``noise_idx [B, K]``, ``noise_off [B, K]``, ``masks [B, M, 2]``) and ``label``.
+A raw batch is a dict of columns (numpy or torch), ``B`` rows: ``wave`` int16 ``[B, T]``
+(zero-padded crops); ``speed`` int8 ``[B]``, ``Augmenter.speed_choice``'s k (0: none, else factor
+``perturbed[k - 1]``; row b's crop holds ``crop_samples`` of that factor); the plan of
+``Augmenter.draw`` (``rir``, ``snr``, ``noise_kind``, ``noise_idx [B, K]``, ``noise_off [B, K]``,
+``masks [B, M, 2]``); and ``label``.
 
     >>> fe = BatchFrontEnd(cfg, Augmenter(cfg, noise, rir), torch.device("cuda"))
     >>> fe(raw).shape                                     # [B, max_frames, feature dim]
