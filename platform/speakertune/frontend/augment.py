@@ -82,7 +82,9 @@ def reverb(x: torch.Tensor, rirs: list[torch.Tensor]) -> torch.Tensor:
     length and power: the timing of the crop stays, later SNRs stay meaningful."""
     rir = torch.nn.utils.rnn.pad_sequence(rirs, batch_first=True).to(x)
     delay = rir.abs().argmax(-1)
-    wet = AF.fftconvolve(x, rir)
+    n = x.shape[-1] + rir.shape[-1] - 1
+    fast = 1 << (n - 1).bit_length()  # a power-of-two FFT: ~2x faster than length n
+    wet = torch.fft.irfft(torch.fft.rfft(x, fast) * torch.fft.rfft(rir, fast), fast)
     idx = delay[:, None] + torch.arange(x.shape[-1], device=x.device)
     y = torch.gather(wet, 1, idx)
     py = power(y)
