@@ -66,6 +66,13 @@ def _cuda_in_sight() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+def _tensor(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    # Ray hands out read-only views; torch wants writable memory (copied only if read-only).
+    return torch.from_numpy(np.require(x, requirements="W"))
+
+
 def samples_for_frames(frames: int, sr: int, cfg: dict[str, Any]) -> int:
     feat = cfg.get("features", cfg)
     window = int(sr * feat.get("frame_length", 25.0) / 1000)
@@ -115,7 +122,7 @@ class BatchFrontEnd:
 
     def __call__(self, raw: dict[str, Any]) -> torch.Tensor:
         """Raw batch -> ``feats[B, max_frames, dim]`` float32 on ``self.device``."""
-        col = {k: torch.as_tensor(np.asarray(raw[k])).to(self.device) for k in ("wave", *PLAN_KEYS)}
+        col = {k: _tensor(raw[k]).to(self.device) for k in ("wave", *PLAN_KEYS)}
         wave = col["wave"].float() / 32768.0
         x = torch.empty(wave.shape[0], self.samples, device=self.device)
         for k in torch.unique(col["speed"]).tolist():  # one resampling per speed factor

@@ -1,5 +1,6 @@
-"""Training front end streamed by Ray Data: manifest -> bytes -> crop -> preprocess -> augment
--> features, computed by CPU tasks and streamed into Ray Train workers.
+"""Training front end streamed by Ray Data: manifest -> crop-only read -> preprocess -> int16
+crop + random plan -> augment -> features. The last two run in the CPU tasks (``frontend.device``
+cpu) or, batched, on the train worker's device (worker/gpu; ``frontend.batch``).
 
 The dataset is a range of chunk indices; each task turns chunk ``i`` of this epoch's permutation
 of the manifest into feature rows. Everything random is keyed on Ray Data's execution index
