@@ -70,6 +70,36 @@ def per_core(corpus, cfg, rounds: int) -> dict[str, float]:
     return {k: rounds * n / v for k, v in t.items()}
 
 
+_OLD = """
+import sys, time, torch
+from speakertune.config import resolve
+from speakertune.data.corpus import load_corpus
+from speakertune.frontend.pipeline import FrontEnd
+torch.set_num_threads(1)
+cfg = resolve(*eval(sys.argv[1]))
+corpus = load_corpus(cfg["data"])
+fe = FrontEnd(cfg, corpus.num_classes, corpus.noise, corpus.rir)
+rows = corpus.train[["utt", "uri", "label"]].to_dict("records")
+fe.process(fe.load(rows[0]["uri"]), 0, fe.rng_for("x", 0))
+t0 = time.perf_counter()
+for _ in range(int(sys.argv[2])):
+    for r in rows:
+        fe.process(fe.load(r["uri"]), r["label"], fe.rng_for(r["utt"], 0))
+print(int(sys.argv[2]) * len(rows) / (time.perf_counter() - t0))
+"""
+
+
+def old_code(src: str, overrides: tuple, rounds: int) -> float:
+    """Utterances/s of the pre-device FrontEnd (a checkout's ``platform/`` in ``src``), per
+    utterance in one process and thread, on the same corpus and augmentation settings."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": src}
+    out = subprocess.run([sys.executable, "-c", _OLD, repr(overrides), str(rounds)], env=env,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def worker_side(corpus, cfg, batch: int, rounds: int) -> float:
     """Utterances/s of the batch front end (augment + fbank) on this CPU, 1 thread."""
     torch.set_num_threads(1)
@@ -121,21 +151,28 @@ def main() -> int:
     ap.add_argument("--cpus", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--root", default=None, help="synthetic corpus cache directory")
+    ap.add_argument("--old-src", default=None, help="platform/ of a checkout before the device "
+                    "front end (git archive 9e7a336 platform): time its per-utterance work too")
     args = ap.parse_args()
     speakers, utts = (10, 10) if args.quick else (30, 20)
     root = args.root or str(Path(tempfile.gettempdir()) / f"speakertune-bench-{speakers}x{utts}")
-    cfg = resolve(
+    overrides = (
         {"data": {"corpus": "synthetic", "root": root, "speakers": speakers,
                   "utts_per_speaker": utts, "val_speakers": 2}},  # fmt: skip
         {"augment.noise_prob": 0.5, "augment.reverb_prob": 0.5, "augment.specaug_prob": 0.5,
          "augment.speed_prob": 0.5, "trainer.data_cpus": args.cpus},  # fmt: skip
     )
+    cfg = resolve(*overrides)
     corpus = load_corpus(cfg["data"])
     print(f"corpus {speakers}x{utts} ({len(corpus.train)} train utts) at {root}; fbank 80, "
           f"crops up to {cfg['data']['max_seconds']} s; noise/reverb/speed/SpecAugment p=0.5",
           flush=True)  # fmt: skip
     core = per_core(corpus, cfg, rounds=2 if args.quick else 3)
     dev = worker_side(corpus, cfg, min(args.batch, len(corpus.train)), rounds=3)
+    main_rate = old_code(args.old_src, overrides, 2) if args.old_src else None
+    rows = [f"| frontend_device: data-side utt/s per CPU, new (read+crop only) vs old (all per "
+            f"utterance) | {core['new']:.0f} | {core['old']:.0f} | {core['new'] / core['old']:.2f}x"
+            f" | this VM, 1 thread; worker-side batch front end on CPU {dev:.0f} utt/s |"]
     print()
     print("| per data CPU (1 process, 1 thread) | utterances/s | vs old |")
     print("|---|---|---|")
@@ -144,9 +181,12 @@ def main() -> int:
           f"{core['new'] / core['old']:.2f} |")
     print(f"| new, worker side on this CPU (batch {args.batch}) | {dev:.1f} | "
           f"{dev / core['old']:.2f} |")
-    rows = [f"| frontend_device: data-side utt/s per CPU, new (read+crop only) vs old (all per "
-            f"utterance) | {core['new']:.0f} | {core['old']:.0f} | {core['new'] / core['old']:.2f}x"
-            f" | this VM, 1 thread; worker-side batch front end on CPU {dev:.0f} utt/s |"]
+    if main_rate:
+        print(f"| old code (--old-src), per utterance, run after | {main_rate:.1f} | "
+              f"{main_rate / core['old']:.2f} |")
+        rows.append(f"| frontend_device: data side new vs the old code's per-utterance work | "
+                    f"{core['new']:.0f} | {main_rate:.0f} | {core['new'] / main_rate:.2f}x | "
+                    f"old code timed in a subprocess after the in-process rounds |")
     if not args.no_stream:
         import ray
 
