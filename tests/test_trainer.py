@@ -46,6 +46,9 @@ def crashed_run(ray_local, tiny_corpus, tmp_path_factory):
     """2 workers, 3 epochs; the last worker process dies (os._exit) in epoch 2."""
     storage = tmp_path_factory.mktemp("runs")
     cfg = tiny_cfg(tiny_corpus, fail_at_epoch=FAIL_AT)
+    # Augmentation and features on the train workers (CPU here): the Ray Data tasks stream raw
+    # int16 crops, so this run also covers the device front end end to end.
+    cfg.update(frontend={"device": "worker"}, augment={"noise_prob": 0.5, "reverb_prob": 0.5})
     out = driver.train(cfg, storage_path=str(storage), name="crash")
     return driver.resolved(cfg), out
 

@@ -43,6 +43,14 @@ DEFAULTS: dict[str, Any] = {
         "storage": {},  # e.g. {"endpoint_override": "http://127.0.0.1:8333", "region": "us-east-1"}
     },
     "preprocess": {"bandpass": None, "vad": False},
+    # Where augmentation and features run. cpu: in the Ray Data tasks, per chunk of utterances;
+    # worker: the tasks only read, decode and crop (int16) and the train worker augments and
+    # featurises whole batches on its device; gpu: worker, and that device must be a GPU;
+    # auto: gpu when trainer.use_gpu, else cpu. Same random draws (and features) either way.
+    "frontend": {
+        "device": "auto",
+        "fetch_threads": 4,  # concurrent reads per data task (object-store latency overlaps)
+    },
     "augment": {
         "noise_prob": 0.0,
         "babble_prob": 0.0,
@@ -59,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
         "noise_bank": "builtin",
         "rir_bank": "builtin",
         "builtin_banks_dir": "~/.cache/speakertune/banks",
+        # decoded noise/RIR audio kept per data process (and per train worker on the device
+        # path), least recently used evicted first: all of MUSAN decoded is ~11 GB
+        "bank_cache_mb": 1024,
     },
     "features": {
         "name": "fbank",

@@ -14,7 +14,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from speakertune.data.errors import AudioError, StorageError
-from speakertune.data.storage import has_scheme, read_bytes
+from speakertune.data.storage import get_filesystem, has_scheme, read_bytes, with_retries
 
 
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -89,6 +89,66 @@ def load_audio(
     except StorageError as exc:
         raise AudioError(str(exc)) from None
     return decode_audio(data, sample_rate, str(uri))
+
+
+def load_audio_crop(
+    uri: str | Path, sample_rate: int, length: int, rng: np.random.Generator,
+    storage_options: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """``length`` samples of ``uri`` at ``sample_rate``: the crop that ``fit_length(load_audio(
+    uri), length, rng)`` returns, with the same draw, but decoding only those samples.
+
+    WAV/FLAC & co. at ``sample_rate`` and at least ``length`` long are seeked (an object-store
+    file through a seekable pyarrow handle: ranged GETs); anything else (other rates, m4a,
+    short files) is decoded whole. Raises ``AudioError`` like ``load_audio``.
+    """
+    name = str(uri)
+    if not name.lower().endswith(AV_SUFFIXES):
+        wave = _read_crop(uri, sample_rate, length, rng, storage_options)
+        if wave is not None:
+            return _mono(wave, sample_rate, sample_rate, name)
+    from speakertune.frontend.augment import fit_length
+
+    return fit_length(load_audio(uri, sample_rate, storage_options), length, rng)
+
+
+def _read_crop(uri, sample_rate: int, length: int, rng: np.random.Generator,
+               storage_options: dict[str, Any] | None) -> np.ndarray | None:
+    """Seek and read the crop (``None``: needs a full decode); ``rng`` draws only if it reads."""
+    name = str(uri)
+    try:
+        fs, path = get_filesystem(uri, storage_options)
+    except StorageError as exc:
+        raise AudioError(str(exc)) from None
+    local = not has_scheme(name)
+    state = rng.bit_generator.state  # a retried read must draw the same offset
+
+    def read() -> np.ndarray | None:
+        rng.bit_generator.state = state
+        with (open(path, "rb") if local else fs.open_input_file(path)) as raw:
+            if (os.fstat(raw.fileno()).st_size if local else raw.size()) == 0:
+                raise AudioError(f"{name}: empty file (0 bytes)")
+            with sf.SoundFile(raw) as f:
+                _check_complete(f.extra_info, name)
+                if f.samplerate != sample_rate or f.frames < length:
+                    return None
+                f.seek(int(rng.integers(0, f.frames - length + 1)))
+                return f.read(length, dtype="float32", always_2d=True)
+
+    try:
+        return with_retries(fs, name, "read", read)
+    except FileNotFoundError:
+        raise AudioError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise AudioError(f"{name}: is a directory, not a file") from None
+    except StorageError as exc:
+        raise AudioError(str(exc)) from None
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"{name}: corrupt or unsupported audio ({exc.error_string})") from None
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:
+        if isinstance(exc, AudioError):
+            raise
+        raise AudioError(f"{name}: corrupt or unsupported audio ({exc})") from None
 
 
 def _check_complete(extra_info: str, name: str) -> None:

@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -219,29 +220,31 @@ def _shard_tasks(batch: dict[str, np.ndarray], token: str, spec_ref: Any, seed: 
                 yield _features(fe, labels, part.to_pydict(), seed, execution)
 
 
-def _features(fe: Any, labels: dict[str, int], rows: dict[str, list], seed: int,
+def _features(fe: Any, labels: dict[str, int], rows_in: dict[str, list], seed: int,
               execution: int) -> dict[str, np.ndarray]:
-    """Buffered shard rows -> shuffled feature rows of the training utterances (skips counted)."""
-    utts = [str(u) for u in rows["utt"]]
+    """Buffered shard rows -> the stream's rows for the training utterances, shuffled (as the
+    per-file stream: features, or raw crops when the worker featurises; skips counted)."""
+    utts = [str(u) for u in rows_in["utt"]]
     keep = [i for i, u in enumerate(utts) if u in labels]  # dev/test speakers never train
     if keep:
         rng = np.random.default_rng([seed, execution, zlib.crc32(utts[keep[0]].encode())])
         keep = [keep[i] for i in rng.permutation(len(keep))]
-    feats, out_labels, skipped = [], [], []
+    rows, skipped = [], []
     for i in keep:
         try:
-            wave = decode_row(rows["audio"][i], fe.sr, utts[i])
+            wave = decode_row(rows_in["audio"][i], fe.sr, utts[i])
         except (OSError, ValueError) as exc:
             skipped.append((utts[i], f"shard row {utts[i]}", str(exc).splitlines()[0]))
             continue
-        f, lab = fe.process(wave, labels[utts[i]], fe.rng_for(utts[i], execution))
-        feats.append(f)
-        out_labels.append(lab)
-    if skipped and fe.skips is not None:
-        fe.skips.add(skipped)
-    stacked = np.stack(feats) if feats else np.zeros((0, fe.max_frames, fe.dim), np.float32)
-    return {"feats": stacked.astype(np.float32, copy=False),
-            "label": np.asarray(out_labels, np.int64)}  # fmt: skip
+        crop = partial(_crop, wave)
+        rows.append(fe.row(crop, labels[utts[i]], fe.rng_for(utts[i], execution)))
+    return fe.emit(rows, skipped)
+
+
+def _crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
+    from speakertune.frontend.augment import fit_length
+
+    return fit_length(wave, length, rng)
 
 
 def build_shard_dataset(spec: dict[str, Any], cfg: dict[str, Any], data_cpus: int) -> Any:

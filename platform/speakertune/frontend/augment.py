@@ -1,8 +1,16 @@
 """Data augmentation: additive noise / music / babble at a random SNR, reverberation,
 speed perturbation (optionally as new speaker classes) and SpecAugment.
 
-Waveform functions take float32 numpy arrays; randomness always comes from an explicit
-``numpy.random.Generator`` so that a worker seeded once reproduces its augmentations.
+Two halves. ``Augmenter.draw`` makes every random choice for one utterance from an explicit
+``numpy.random.Generator`` (seeded per utterance and epoch) and returns it as a small *plan* of
+numbers. The operations below apply plans to a batch of torch tensors ``[B, T]`` on any device:
+a Ray Data CPU task calls them with the utterances of its chunk, a train worker with a whole
+batch on its GPU (``frontend.device``), so both paths share one implementation and, given the
+same plans, compute the same features.
+
+    >>> x = torch.randn(8, 16000)                         # [B, T] waveforms
+    >>> add_noise(x, torch.randn(8, 16000), torch.full((8,), 5.0)).shape
+    torch.Size([8, 16000])
 """
 
 from __future__ import annotations
@@ -13,17 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torchaudio.functional as AF
-from scipy import signal
 
 from speakertune.config import DEFAULTS, deep_merge
 from speakertune.frontend.banks import AugmentError, resolve_bank
 
 NOISE_CATEGORIES = ("noise", "music")
-
-def power(x: np.ndarray) -> float:
-    return float(np.mean(np.asarray(x, dtype=np.float64) ** 2))
+NOISE, BABBLE = 1, 2  # plan["noise_kind"]; 0 is none
 
 
+# ---------------------------------------------------------------------- batched operations
 def fit_length(x: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """Crop (at a random offset when ``rng`` is given) or tile ``x`` to exactly ``length``."""
     if len(x) == 0:
@@ -34,72 +40,76 @@ def fit_length(x: np.ndarray, length: int, rng: np.random.Generator | None = Non
     return x[start : start + length]
 
 
-def add_noise(
-    x: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """Mix ``noise`` (cropped/tiled to ``len(x)``) into ``x`` at ``snr_db`` dB SNR."""
-    n = fit_length(np.asarray(noise, dtype=np.float32), len(x), rng)
-    ps, pn = power(x), power(n)
-    if pn <= 0.0:
-        return np.asarray(x, dtype=np.float32)
-    gain = np.sqrt(ps / (pn * 10 ** (snr_db / 10)))
-    return (x + gain * n).astype(np.float32)
+def tile_to(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Rows ``[B, L]`` tiled or cut (from the start) to ``[B, length]``."""
+    if x.shape[-1] == length:
+        return x
+    return x[..., torch.arange(length, device=x.device) % x.shape[-1]]
 
 
-def babble(
-    x: np.ndarray, speech: list[np.ndarray], snr_db: float, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """Babble noise: the sum of several other talkers, mixed in at ``snr_db``."""
-    if not speech:
-        raise AugmentError("babble: no speech files to mix")
-    mix = sum(fit_length(np.asarray(s, dtype=np.float32), len(x), rng) for s in speech)
-    return add_noise(x, mix, snr_db, rng)
+def segments(
+    items: list[torch.Tensor], which: torch.Tensor, offsets: torch.Tensor, length: int
+) -> torch.Tensor:
+    """``[B, length]``: row b is bank item ``which[b]`` tiled and cut at a random offset.
 
-
-def reverb(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve with a room impulse response, aligned on its direct path, keeping length/level.
-
-    Aligning on the RIR peak keeps the (crop-sensitive) timing of speech; rescaling to the dry
-    power keeps the SNR of later noise mixing meaningful.
+    ``offsets`` are fractions in [0, 1) of the valid start range of the tiled item (what
+    ``fit_length`` draws), so the plan need not know the items' lengths.
     """
-    rir = np.asarray(rir, dtype=np.float32)
-    if rir.ndim != 1 or len(rir) == 0 or not np.any(rir):
-        raise AugmentError("reverb: RIR must be a non-silent 1-D signal")
-    delay = int(np.argmax(np.abs(rir)))
-    y = signal.fftconvolve(x, rir)[delay : delay + len(x)]
+    dev = which.device
+    lens = torch.tensor([len(t) for t in items], device=dev)
+    starts = torch.cumsum(lens, 0) - lens
+    n = lens[which]
+    tiled = (length + n - 1) // n * n
+    start = (offsets.double() * (tiled - length + 1)).long().clamp_max(tiled - length)
+    idx = starts[which, None] + (start[:, None] + torch.arange(length, device=dev)) % n[:, None]
+    return torch.cat(items)[idx]
+
+
+def power(x: torch.Tensor) -> torch.Tensor:
+    """Mean power per row ``[B]`` (accumulated in float64: speech crops are long)."""
+    return x.double().pow(2).mean(-1)
+
+
+def add_noise(x: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """Mix ``noise[B, T]`` into ``x[B, T]`` at ``snr_db[B]`` dB SNR (silent noise: unchanged)."""
+    ps, pn = power(x), power(noise)
+    gain = torch.where(pn > 0, ps / (pn.clamp_min(1e-30) * 10 ** (snr_db.double() / 10)), 0.0)
+    return x + gain.sqrt().to(x.dtype)[:, None] * noise
+
+
+def reverb(x: torch.Tensor, rirs: list[torch.Tensor]) -> torch.Tensor:
+    """Convolve row b of ``x[B, T]`` with ``rirs[b]``, aligned on its direct path (peak), keeping
+    length and power: the timing of the crop stays, later SNRs stay meaningful."""
+    rir = torch.nn.utils.rnn.pad_sequence(rirs, batch_first=True).to(x)
+    delay = rir.abs().argmax(-1)
+    n = x.shape[-1] + rir.shape[-1] - 1
+    fast = 1 << (n - 1).bit_length()  # a power-of-two FFT: ~2x faster than length n
+    wet = torch.fft.irfft(torch.fft.rfft(x, fast) * torch.fft.rfft(rir, fast), fast)
+    idx = delay[:, None] + torch.arange(x.shape[-1], device=x.device)
+    y = torch.gather(wet, 1, idx)
     py = power(y)
-    if py > 0:
-        y = y * np.sqrt(power(x) / py)
-    return y.astype(np.float32)
+    scale = torch.where(py > 0, power(x) / py.clamp_min(1e-30), 1.0).sqrt()
+    return y * scale.to(y.dtype)[:, None]
 
 
-def speed_perturb(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
-    """Play ``factor`` times faster (pitch moves too, as in Kaldi's sox speed perturbation)."""
+def speed_perturb(x: torch.Tensor, sr: int, factor: float) -> torch.Tensor:
+    """Play ``x[..., T]`` ``factor`` times faster (pitch too, as Kaldi's sox speed perturbation)."""
     if factor == 1.0:
-        return np.asarray(x, dtype=np.float32)
-    y, _ = AF.speed(torch.as_tensor(np.asarray(x, dtype=np.float32)), sr, float(factor))
-    return y.numpy()
+        return x
+    return AF.speed(x, sr, float(factor))[0]
 
 
-def spec_augment(
-    feats: np.ndarray, rng: np.random.Generator, freq_masks: int = 1, freq_width: int = 8,
-    time_masks: int = 1, time_width: int = 10,
-) -> np.ndarray:
-    """SpecAugment time and frequency masking on ``feats[frames, dims]`` (returns a copy).
-
-    Masked cells are set to 0, which is the per-utterance mean after mean normalisation.
-    """
-    out = np.array(feats, dtype=np.float32, copy=True)
-    frames, dims = out.shape
-    for _ in range(freq_masks):
-        w = int(rng.integers(0, min(freq_width, dims) + 1))
-        f0 = int(rng.integers(0, dims - w + 1))
-        out[:, f0 : f0 + w] = 0.0
-    for _ in range(time_masks):
-        w = int(rng.integers(0, min(time_width, frames) + 1))
-        t0 = int(rng.integers(0, frames - w + 1))
-        out[t0 : t0 + w, :] = 0.0
-    return out
+def spec_augment(feats: torch.Tensor, masks: torch.Tensor, freq_masks: int) -> torch.Tensor:
+    """Zero bands of ``feats[B, frames, dims]``: ``masks[B, M, 2]`` holds (start, width), the
+    first ``freq_masks`` over dims, the rest over frames (0 is the mean after CMN)."""
+    if masks.shape[1] == 0:
+        return feats
+    lo, hi = masks[..., 0, None], masks[..., 0, None] + masks[..., 1, None]  # [B, M, 1]
+    f = torch.arange(feats.shape[2], device=feats.device)
+    t = torch.arange(feats.shape[1], device=feats.device)
+    fm = ((f >= lo[:, :freq_masks]) & (f < hi[:, :freq_masks])).any(1)  # [B, dims]
+    tm = ((t >= lo[:, freq_masks:]) & (t < hi[:, freq_masks:])).any(1)  # [B, frames]
+    return feats.masked_fill(fm[:, None, :] | tm[:, :, None], 0.0)
 
 
 def num_classes_multiplier(cfg: dict[str, Any]) -> int:
@@ -110,11 +120,10 @@ def num_classes_multiplier(cfg: dict[str, Any]) -> int:
     return 1
 
 
+# ---------------------------------------------------------------------------- random plans
 class Augmenter:
-    """Applies the augmentations of ``cfg["augment"]`` with their probabilities.
-
-    Bank audio is loaded lazily and cached, so a worker touches each noise/RIR file once.
-    """
+    """The augmentations of ``cfg["augment"]``: their probabilities, ranges and banks, and the
+    per-utterance random draws (``speed_choice``, ``draw``) that the batched operations apply."""
 
     def __init__(
         self, cfg: dict[str, Any], noise_df: pd.DataFrame | None = None,
@@ -131,10 +140,12 @@ class Augmenter:
         lo, hi = (float(v) for v in aug["snr_db"])
         self.snr_range = (lo, hi)
         self.babble_range = tuple(int(v) for v in aug["babble_speakers"])
+        self.max_talkers = max(1, self.babble_range[1])
         self.speeds = [float(s) for s in aug["speeds"]]
         self.perturbed = [s for s in self.speeds if s != 1.0]
         self.speed_as_new_speaker = bool(aug["speed_as_new_speaker"])
-        self.specaug = dict(aug["specaug"])
+        self.specaug = {k: int(v) for k, v in aug["specaug"].items()}
+        self.cache_mb = float(aug["bank_cache_mb"])
         self.storage_options = storage_options
         self.rng = np.random.default_rng(seed)
         if self.p["noise"] > 0 or self.p["babble"] > 0:
@@ -152,17 +163,6 @@ class Augmenter:
                                 ("reverb", self.rir_uris, "RIRs")):
             if self.p[key] > 0 and not uris:
                 raise AugmentError(f"augment.{key}_prob > 0 but the bank has no {what}")
-        self._cache: dict[str, np.ndarray] = {}
-
-    def _load(self, uri: str) -> np.ndarray:
-        if uri not in self._cache:
-            from speakertune.data.audio import load_audio
-
-            self._cache[uri] = load_audio(uri, self.sr, self.storage_options)
-        return self._cache[uri]
-
-    def _pick(self, uris: list[str], rng: np.random.Generator) -> np.ndarray:
-        return self._load(uris[int(rng.integers(len(uris)))])
 
     def speed_choice(self, rng: np.random.Generator) -> tuple[float, int]:
         """(factor, k): k = 0 for unperturbed, else 1 + index of the factor among perturbed."""
@@ -174,21 +174,27 @@ class Augmenter:
     def label_offset(self, k: int, num_classes: int) -> int:
         return k * num_classes if self.speed_as_new_speaker else 0
 
-    def waveform(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Reverberation, then additive noise or babble (the order of a real recording)."""
-        rng = rng or self.rng
-        if rng.random() < self.p["reverb"]:
-            x = reverb(x, self._pick(self.rir_uris, rng))
+    def draw(self, rng: np.random.Generator, frames: int, dims: int) -> dict[str, Any]:
+        """One utterance's plan: RIR index (-1: none), SNR, noise kind (0, NOISE, BABBLE) with
+        bank indices and offsets (index -1: unused talker slot), SpecAugment masks."""
+        rir = int(rng.integers(len(self.rir_uris))) if rng.random() < self.p["reverb"] else -1
         snr = float(rng.uniform(*self.snr_range))
+        idx = np.full(self.max_talkers, -1, np.int32)
+        off = np.zeros(self.max_talkers, np.float32)
+        kind = 0
         if rng.random() < self.p["noise"]:
-            x = add_noise(x, self._pick(self.noise_uris, rng), snr, rng)
+            kind, idx[0], off[0] = NOISE, rng.integers(len(self.noise_uris)), rng.random()
         elif rng.random() < self.p["babble"]:
-            k = int(rng.integers(self.babble_range[0], self.babble_range[1] + 1))
-            x = babble(x, [self._pick(self.speech_uris, rng) for _ in range(k)], snr, rng)
-        return x
-
-    def features(self, feats: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        rng = rng or self.rng
+            kind = BABBLE
+            for j in range(int(rng.integers(self.babble_range[0], self.babble_range[1] + 1))):
+                idx[j], off[j] = rng.integers(len(self.speech_uris)), rng.random()
+        s = self.specaug
+        masks = np.zeros((s["freq_masks"] + s["time_masks"], 2), np.int32)
         if rng.random() < self.p["specaug"]:
-            return spec_augment(feats, rng, **self.specaug)
-        return feats
+            spans = [(dims, s["freq_width"])] * s["freq_masks"]
+            spans += [(frames, s["time_width"])] * s["time_masks"]
+            for m, (size, width) in enumerate(spans):
+                w = int(rng.integers(0, min(width, size) + 1))
+                masks[m] = int(rng.integers(0, size - w + 1)), w
+        return {"rir": np.int32(rir), "snr": np.float32(snr), "noise_kind": np.int8(kind),
+                "noise_idx": idx, "noise_off": off, "masks": masks}  # fmt: skip

@@ -4,6 +4,8 @@ corpus's own banks, built once on demand, for any corpus). Checked before a swee
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -106,3 +108,36 @@ def read_bank(path: str, storage_options: dict | None = None) -> pd.DataFrame:
     if not rows:
         raise AugmentError(f"{path}: no audio files ({', '.join(AUDIO_EXTS)}) in bank")
     return pd.DataFrame(rows)
+
+
+class BankCache:
+    """Decoded bank audio by URI, least recently used evicted once over ``cap_mb`` megabytes.
+
+    ``load(uri)`` decodes on a miss. An item larger than the cap alone is returned uncached.
+    """
+
+    def __init__(self, load: Callable[[str], Any], cap_mb: float) -> None:
+        self.load = load
+        self.cap = int(float(cap_mb) * 2**20)
+        self.items: OrderedDict[str, Any] = OrderedDict()
+        self.nbytes = 0
+        self.misses = 0
+
+    @staticmethod
+    def size(item: Any) -> int:
+        return int(item.nbytes) if hasattr(item, "nbytes") else item.numel() * item.element_size()
+
+    def __getitem__(self, uri: str) -> Any:
+        if uri in self.items:
+            self.items.move_to_end(uri)
+            return self.items[uri]
+        item = self.load(uri)
+        self.misses += 1
+        size = self.size(item)
+        if size > self.cap:
+            return item
+        while self.nbytes + size > self.cap:
+            self.nbytes -= self.size(self.items.popitem(last=False)[1])
+        self.items[uri] = item
+        self.nbytes += size
+        return item

@@ -1,7 +1,8 @@
 """Acoustic features chosen by name: Kaldi-compatible fbank, MFCC and spectrogram.
 
-All three wrap ``torchaudio.compliance.kaldi`` so that features match Kaldi recipes (and each
-other's published numbers). Builders take the ``features`` section of a trial config.
+All three compute ``torchaudio.compliance.kaldi``'s arithmetic over batches (kaldi_batch.py) so
+that features match Kaldi recipes, one waveform or a device batch at a time. Builders take the
+``features`` section of a trial config.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchaudio.compliance import kaldi
 
+from speakertune.frontend.kaldi_batch import kaldi_batch
 from speakertune.registry import FEATURES
 
 
@@ -25,7 +26,7 @@ _OWN_KEYS = {"name", "cmn", "int16_scale"}
 class KaldiFeature:
     """Callable ``(wave[T], sample_rate) -> feats[frames, dim]`` around one kaldi function."""
 
-    fn: Any = None
+    kind = ""
     allowed: frozenset[str] = frozenset()
 
     def __init__(self, cmn: bool = True, int16_scale: bool = True, **kwargs: Any) -> None:
@@ -44,19 +45,26 @@ class KaldiFeature:
     def __call__(
         self, wave: torch.Tensor, sample_rate: int, name: str = "<waveform>"
     ) -> torch.Tensor:
+        """One waveform ``[T]`` -> ``[frames, dim]`` (a batch of one)."""
         wave = torch.as_tensor(wave, dtype=torch.float32)
         if wave.dim() != 1:
             raise FeatureError(f"{name}: expected a mono waveform [T], got {tuple(wave.shape)}")
+        return self.batch(wave.unsqueeze(0), sample_rate, name)[0]
+
+    def batch(
+        self, waves: torch.Tensor, sample_rate: int, name: str = "<batch>"
+    ) -> torch.Tensor:
+        """Equal-length waveforms ``[B, T]`` (on any device) -> ``[B, frames, dim]``."""
         window = int(sample_rate * self.kwargs.get("frame_length", 25.0) / 1000)
-        if wave.numel() < window:
+        if waves.shape[-1] < window:
             raise FeatureError(
-                f"{name}: {wave.numel()} samples is shorter than one {window}-sample frame"
+                f"{name}: {waves.shape[-1]} samples is shorter than one {window}-sample frame"
             )
         if self.int16_scale:
-            wave = wave * 32768.0
-        feats = type(self).fn(wave.unsqueeze(0), sample_frequency=float(sample_rate), **self.kwargs)
+            waves = waves * 32768.0
+        feats = kaldi_batch(self.kind, waves, float(sample_rate), **self.kwargs)
         if self.cmn:
-            feats = feats - feats.mean(dim=0, keepdim=True)
+            feats = feats - feats.mean(dim=1, keepdim=True)
         return feats
 
     def dim(self, sample_rate: int) -> int:
@@ -75,7 +83,7 @@ _MEL = frozenset({"num_mel_bins", "low_freq", "high_freq", "use_energy", "htk_co
 
 @FEATURES.register("fbank")
 class Fbank(KaldiFeature):
-    fn = staticmethod(kaldi.fbank)
+    kind = "fbank"
     allowed = _COMMON | _MEL | {"use_log_fbank", "use_power"}
 
     def __init__(self, num_mel_bins: int = 80, **kwargs: Any) -> None:
@@ -87,7 +95,7 @@ class Fbank(KaldiFeature):
 
 @FEATURES.register("mfcc")
 class Mfcc(KaldiFeature):
-    fn = staticmethod(kaldi.mfcc)
+    kind = "mfcc"
     allowed = _COMMON | _MEL | {"num_ceps", "cepstral_lifter"}
 
     def __init__(self, num_mel_bins: int = 30, num_ceps: int | None = None, **kwargs: Any) -> None:
@@ -103,7 +111,7 @@ class Mfcc(KaldiFeature):
 
 @FEATURES.register("spectrogram")
 class Spectrogram(KaldiFeature):
-    fn = staticmethod(kaldi.spectrogram)
+    kind = "spectrogram"
     allowed = _COMMON
 
     def __init__(self, num_mel_bins: int | None = None, **kwargs: Any) -> None:

@@ -1,5 +1,6 @@
-"""Training front end streamed by Ray Data: manifest -> bytes -> crop -> preprocess -> augment
--> features, computed by CPU tasks and streamed into Ray Train workers.
+"""Training front end streamed by Ray Data: manifest -> crop-only read -> preprocess -> int16
+crop + random plan -> augment -> features. The last two run in the CPU tasks (``frontend.device``
+cpu) or, batched, on the train worker's device (worker/gpu; ``frontend.batch``).
 
 The dataset is a range of chunk indices; each task turns chunk ``i`` of this epoch's permutation
 of the manifest into feature rows. Everything random is keyed on Ray Data's execution index
@@ -16,6 +17,8 @@ import logging
 import math
 import uuid
 import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +29,8 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from speakertune.config import ConfigError
-from speakertune.frontend.augment import (
-    Augmenter,
-    fit_length,
-    num_classes_multiplier,
-    speed_perturb,
-)
+from speakertune.frontend.augment import Augmenter, fit_length, num_classes_multiplier
+from speakertune.frontend.batch import BatchFrontEnd, frontend_mode
 from speakertune.frontend.features import build_feature, feature_dim, num_frames
 from speakertune.frontend.preprocess import Preprocessor
 
@@ -40,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FrontEnd", "RandomCropCollate", "SkipCounter", "SkipReport", "build_train_dataset",
     "collate_random_crop", "crop_frames", "extract_features", "num_classes_multiplier",
+    "stack_rows", "worker_frontend",
 ]
 
 
@@ -124,17 +124,12 @@ def crop_frames(cfg: dict[str, Any]) -> tuple[int, int]:
     return lo, hi
 
 
-def _samples_for_frames(frames: int, sr: int, cfg: dict[str, Any]) -> int:
-    feat = cfg.get("features", cfg)
-    window = int(sr * feat.get("frame_length", 25.0) / 1000)
-    shift = int(sr * feat.get("frame_shift", 10.0) / 1000)
-    return window + (frames - 1) * shift
-
-
 class FrontEnd:
-    """The per-utterance work of the stream: rows ``utt, uri, label`` -> ``feats, label``.
+    """The per-chunk work of the stream: rows ``utt, uri, label`` -> ``feats, label`` (or, when
+    the train worker featurises, ``frontend_mode == "worker"``, raw int16 crops and their plans).
 
-    Also usable outside Ray (``process``) so that baselines run exactly the same work.
+    ``read`` is the data side (fetch, decode, crop, preprocess, draw the plan); ``apply`` the
+    batch front end. Also usable outside Ray (``process``) so that baselines run the same work.
     """
 
     def __init__(
@@ -147,12 +142,16 @@ class FrontEnd:
         self.storage_options = storage_options
         self.seed = int(seed)
         self.skips = skip_counter
-        self.feature = build_feature(cfg)
+        self.mode = frontend_mode(cfg)
         self.dim = feature_dim(cfg)
         self.preprocess = Preprocessor(cfg.get("preprocess"), self.sr)
         self.augment = Augmenter(cfg, noise_df, rir_df, seed, self.sr, storage_options)
+        self.apply = BatchFrontEnd(cfg, self.augment, torch.device("cpu"))
+        self.feature = self.apply.feature
         self.max_frames = crop_frames(cfg)[1]
-        self.samples = _samples_for_frames(self.max_frames, self.sr, cfg)
+        self.samples = self.apply.samples
+        self.threads = int((cfg.get("frontend") or {}).get("fetch_threads", 1))
+        self._pool: ThreadPoolExecutor | None = None
 
     def rng_for(self, utt: str, execution: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, execution, zlib.crc32(utt.encode())])
@@ -162,41 +161,81 @@ class FrontEnd:
 
         return load_audio(uri, self.sr, self.storage_options)
 
+    def fetch(self, uri: str, length: int, rng: np.random.Generator) -> np.ndarray:
+        """The swappable read: ``length`` samples of ``uri`` at a crop offset drawn from ``rng``
+        (only those samples decoded where the format allows)."""
+        from speakertune.data.audio import load_audio_crop
+
+        return load_audio_crop(uri, self.sr, length, rng, self.storage_options)
+
+    def row(self, crop: Callable[[int, np.random.Generator], np.ndarray], label: int,
+            rng: np.random.Generator) -> dict[str, Any]:
+        """One utterance's raw row: speed draw, crop (``crop(length, rng)``), preprocessing,
+        int16, the rest of its random plan, and its (speed-shifted) label."""
+        factor, k = self.augment.speed_choice(rng)
+        n = self.apply.crop_samples(factor)
+        x = fit_length(self.preprocess(crop(n, rng)), n)  # VAD may have shortened it: tile
+        wave = np.zeros(self.apply.max_crop(), np.int16)
+        wave[:n] = np.clip(np.round(x * 32768.0), -32768, 32767)  # lossless for 16-bit sources
+        plan = self.augment.draw(rng, self.max_frames, self.dim)
+        label = int(label) + self.augment.label_offset(k, self.num_classes)
+        return {"wave": wave, "speed": np.int8(k), **plan, "label": np.int64(label)}
+
     def process(
         self, wave: np.ndarray, label: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, int]:
-        """Crop, preprocess, augment and featurise one decoded utterance."""
-        factor, k = self.augment.speed_choice(rng)
-        # Crop a bit more than needed when speeding up so the perturbed crop still fills it.
-        x = fit_length(wave, math.ceil(self.samples * factor) + 1, rng)
-        x = self.preprocess(x)
-        x = speed_perturb(x, self.sr, factor)
-        x = self.augment.waveform(x, rng)
-        x = fit_length(x, self.samples)  # VAD/speed may have shortened it: tile back up
-        feats = self.feature(torch.from_numpy(np.ascontiguousarray(x)), self.sr).numpy()
-        feats = self.augment.features(feats, rng)
-        return feats, int(label) + self.augment.label_offset(k, self.num_classes)
+        """Crop, preprocess, augment and featurise one decoded utterance (a batch of one)."""
+        r = self.row(lambda n, g: fit_length(wave, n, g), label, rng)
+        return self.apply(stack_rows([r]))[0].numpy(), int(r["label"])
 
-    def __call__(self, batch: dict[str, np.ndarray], execution: int = 0) -> dict[str, np.ndarray]:
-        """Rows ``utt, uri, label`` of epoch ``execution`` -> ``feats, label`` (skips dropped)."""
-        feats, labels, skipped = [], [], []
-        for utt, uri, label in zip(batch["utt"], batch["uri"], batch["label"]):
-            utt, uri = str(utt), str(uri)
+    def read(
+        self, batch: dict[str, np.ndarray], execution: int
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+        """Rows ``utt, uri, label`` -> raw rows (fetched concurrently) and the skipped ones."""
+        def one(item: tuple[Any, Any, Any]) -> dict[str, Any] | tuple[str, str, str]:
+            utt, uri, label = str(item[0]), str(item[1]), int(item[2])
             try:
-                wave = self.load(uri)
+                return self.row(lambda n, g: self.fetch(uri, n, g), label,
+                                self.rng_for(utt, execution))  # fmt: skip
             except (OSError, ValueError) as exc:  # missing / corrupt / empty: skip and count
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                skipped.append((utt, uri, reason))
-                continue
-            f, lab = self.process(wave, int(label), self.rng_for(utt, execution))
-            feats.append(f)
-            labels.append(lab)
+                return (utt, uri, reason)
+
+        items = list(zip(batch["utt"], batch["uri"], batch["label"]))
+        if self.threads > 1 and len(items) > 1:
+            self._pool = self._pool or ThreadPoolExecutor(self.threads)
+            out = list(self._pool.map(one, items))
+        else:
+            out = [one(it) for it in items]
+        return ([r for r in out if isinstance(r, dict)],
+                [r for r in out if isinstance(r, tuple)])  # fmt: skip
+
+    def __call__(self, batch: dict[str, np.ndarray], execution: int = 0) -> dict[str, np.ndarray]:
+        """Rows of epoch ``execution`` -> ``feats, label`` (or raw rows), skips dropped."""
+        return self.emit(*self.read(batch, execution))
+
+    def emit(
+        self, rows: list[dict[str, Any]], skipped: list[tuple[str, str, str]]
+    ) -> dict[str, np.ndarray]:
+        """Raw rows -> the stream's output (features, or the raw rows when the worker
+        featurises); skipped utterances are logged and counted."""
         if skipped:
             log.warning("front end skipped %d utterance(s): %s", len(skipped), skipped[:3])
             if self.skips is not None:
                 self.skips.add(skipped)
-        out = np.stack(feats) if feats else np.zeros((0, self.max_frames, self.dim), np.float32)
-        return {"feats": out.astype(np.float32, copy=False), "label": np.asarray(labels, np.int64)}
+        raw = stack_rows(rows, self)
+        if self.mode == "worker":
+            return raw
+        feats = self.apply(raw).numpy() if rows else np.zeros((0, self.max_frames, self.dim))
+        return {"feats": feats.astype(np.float32, copy=False), "label": raw["label"]}
+
+
+def stack_rows(rows: list[dict[str, Any]], fe: FrontEnd | None = None) -> dict[str, np.ndarray]:
+    """Raw rows -> a raw batch of columns (``fe`` gives the shapes when ``rows`` is empty)."""
+    if rows:
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    empty = fe.row(lambda n, g: np.zeros(n, np.float32), 0, np.random.default_rng(0))
+    return {k: np.zeros((0, *np.shape(v)), np.asarray(v).dtype) for k, v in empty.items()}
 
 
 # A worker process keeps the front end (and its noise/RIR cache) of the datasets it served.
@@ -233,10 +272,13 @@ def build_train_dataset(
     corpus: Any, cfg: dict[str, Any], epoch_seed: int = 0, *,
     skip_counter: SkipCounter | None = None, chunk_rows: int | None = None,
 ) -> ray.data.Dataset:
-    """The training stream: rows ``{"feats": float32[max_frames, dims], "label": int64}``.
+    """The training stream: rows ``{"feats": float32[max_frames, dims], "label": int64}``, or
+    raw crops and plans (``stack_rows``) when the train worker featurises (``frontend.device``).
 
-    Feature work runs in at most ``trainer.data_cpus`` concurrent one-CPU tasks. The
-    ``SkipCounter`` in use is attached as ``dataset.skip_counter`` (a new one unless given).
+    Data work runs in at most ``trainer.data_cpus`` concurrent one-CPU tasks. The
+    ``SkipCounter`` in use is attached as ``dataset.skip_counter`` (a new one unless given), and
+    what a train worker needs to build its ``BatchFrontEnd`` as ``dataset.worker_frontend``
+    (``None`` when the tasks featurise).
     """
     df = corpus.train
     if len(df) == 0:
@@ -251,11 +293,16 @@ def build_train_dataset(
         "storage_options": getattr(corpus, "storage_options", None),
         "seed": int(epoch_seed), "skip_counter": counter,
     }
-    FrontEnd(**{k: v for k, v in spec.items() if k != "rows"})  # fail fast on bad config here
+    fe = FrontEnd(**{k: v for k, v in spec.items() if k != "rows"})  # fail fast on bad config
+    worker_spec = None if fe.mode == "cpu" else {
+        "cfg": cfg, "noise_df": spec["noise_df"], "rir_df": spec["rir_df"],
+        "storage_options": spec["storage_options"]}  # fmt: skip
     if cfg["data"].get("shards"):  # a sharded corpus: only the read step differs
         from speakertune.data.shards import build_shard_dataset
 
-        return build_shard_dataset(spec, cfg, data_cpus)
+        ds = build_shard_dataset(spec, cfg, data_cpus)
+        ds.worker_frontend = worker_spec
+        return ds
     # Utterances per task: big enough to amortise task overhead (~1 ms), small enough that
     # every data CPU gets several tasks per epoch and the first batch arrives early.
     chunk_rows = chunk_rows or min(32, max(4, math.ceil(len(df) / (4 * data_cpus))))
@@ -280,7 +327,16 @@ def build_train_dataset(
     # every worker would interleave with (and outlive) the sweep's table and leaderboard.
     ds.context.enable_progress_bars = False
     ds.skip_counter = counter
+    ds.worker_frontend = worker_spec
     return ds
+
+
+def worker_frontend(spec: dict[str, Any], device: torch.device) -> BatchFrontEnd:
+    """The train worker's batch front end from ``dataset.worker_frontend``."""
+    cfg = spec["cfg"]
+    aug = Augmenter(cfg, spec["noise_df"], spec["rir_df"], 0, int(cfg["data"]["sample_rate"]),
+                    spec["storage_options"])  # fmt: skip
+    return BatchFrontEnd(cfg, aug, device)
 
 
 # ------------------------------------------------------------------------ batches and eval
@@ -293,13 +349,18 @@ def collate_random_crop(
     its own random offset. Returns ``(feats[B, L, D] float32, labels[B] int64)``.
     """
     # Ray hands out read-only views; torch needs writable memory (copied only if read-only).
-    feats = torch.from_numpy(np.require(batch["feats"], np.float32, requirements="W"))
-    labels = torch.from_numpy(np.require(batch["label"], np.int64, requirements="W"))
+    # Features made on the train worker's device arrive as tensors there and stay there.
+    feats, labels = batch["feats"], batch["label"]
+    if not isinstance(feats, torch.Tensor):
+        feats = torch.from_numpy(np.require(feats, np.float32, requirements="W"))
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.from_numpy(np.require(labels, np.int64, requirements="W"))
     total = feats.shape[1]
     hi = min(max_frames, total)
     length = int(rng.integers(min(min_frames, hi), hi + 1))
-    starts = torch.as_tensor(rng.integers(0, total - length + 1, size=feats.shape[0]))
-    idx = starts[:, None] + torch.arange(length)[None, :]
+    starts = torch.as_tensor(rng.integers(0, total - length + 1, size=feats.shape[0]),
+                             device=feats.device)  # fmt: skip
+    idx = starts[:, None] + torch.arange(length, device=feats.device)[None, :]
     cropped = torch.gather(feats, 1, idx[:, :, None].expand(-1, -1, feats.shape[2]))
     return cropped, labels
 

@@ -72,6 +72,7 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
     bad component option fails here, before Ray starts. Returns the number of configs built."""
     import optuna
 
+    from speakertune.frontend.batch import frontend_mode
     from speakertune.frontend.features import feature_dim
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
@@ -95,6 +96,7 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
         seen.add(key)
         try:
             dim = feature_dim(cfg)
+            frontend_mode(cfg)  # frontend.device: a known value; gpu only where CUDA is
             build_encoder(cfg["model"], cfg["pooling"], dim, int(cfg["embed_dim"]))
             build_loss(cfg["loss"], int(cfg["embed_dim"]), 8)
         except (ConfigError, ValueError, TypeError, KeyError) as exc:

@@ -116,6 +116,7 @@ def prepare(cfg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     }
     dataset = build_train_dataset(corpus, cfg, epoch_seed=seed)
     meta["skip_counter"] = dataset.skip_counter  # a Ray actor handle: pickles to the workers
+    meta["frontend"] = dataset.worker_frontend  # None unless the workers featurise
     return meta, dataset
 
 

@@ -52,6 +52,7 @@ class _Worker:
     num_params: int  # of the encoder
     show: Progress | None  # rank 0 only
     model: nn.Module | None = None  # ``net`` wrapped for DDP, once resumed
+    frontend: Any = None  # BatchFrontEnd when this worker augments and featurises on its device
     last_report: float = 0.0  # time.monotonic() of the last ray.train.report
 
     @property
@@ -131,7 +132,32 @@ def _build(cfg: dict[str, Any], meta: dict[str, Any]) -> _Worker:
         optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(amp, device), amp=amp,
         steps=steps, num_params=count_parameters(encoder),
         show=Progress(meta.get("run_dir")) if rank == 0 else None,
+        frontend=_frontend(meta, device),
     )
+
+
+def _frontend(meta: dict[str, Any], device: torch.device) -> Any:
+    """The batch front end (augmentation + features on ``device``) when the stream is raw."""
+    spec = meta.get("frontend")
+    if spec is None:
+        return None
+    from speakertune.frontend.pipeline import worker_frontend
+
+    return worker_frontend(spec, device)
+
+
+class _OnDevice:
+    """A dataset shard whose raw batches (int16 crops + plans) come out as ``feats, label`` made
+    by the worker's batch front end: on its device, or as numpy for host-side batchers."""
+
+    def __init__(self, shard: Any, frontend: Any, to_numpy: bool) -> None:
+        self.shard, self.frontend, self.to_numpy = shard, frontend, to_numpy
+
+    def iter_batches(self, **kwargs: Any):
+        for raw in self.shard.iter_batches(**kwargs):
+            feats = self.frontend(raw)
+            yield {"feats": feats.cpu().numpy() if self.to_numpy else feats,
+                   "label": raw["label"]}  # fmt: skip
 
 
 def _resume(w: _Worker) -> int:
@@ -201,6 +227,8 @@ def _train_epoch(w: _Worker, dist: Dist, epoch: int) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(w.device)
     data_stats: dict[str, int] = {}
     shard = ray.train.get_dataset_shard("train")
+    if w.frontend is not None:  # augmentation and features on this worker's device
+        shard = _OnDevice(shard, w.frontend, to_numpy=w.end_to_end)
     batches = epoch_batches(shard, w.cfg, w.meta, w.end_to_end, rng, data_stats)
     since = time.monotonic() - w.last_report
 
