@@ -18,6 +18,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -107,9 +108,13 @@ class PeakRSS:
             frontier.extend(kids)
         return {p: rss.get(p, 0) for p in mine}
 
+    hold_nice: int | None = None  # set: keep the whole tree at this niceness (see below)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             tree = self._tree()
+            if self.hold_nice is not None:
+                _renice(tree, self.hold_nice)
             self.peak_tree = max(self.peak_tree, sum(tree.values()))
             self.peak_self = max(self.peak_self, tree.get(os.getpid(), 0))
             self._stop.wait(self._every)
@@ -147,22 +152,38 @@ def space_dict(out: Path, trials: Path, val_speakers: int) -> dict:
 def start_ray_then_nice(tries: int = 4, niceness: int = 10) -> None:
     """``ray.init`` at normal priority, then this process tree (GCS, raylet: the workers they
     fork inherit it) at ``niceness``. Ray 2.60 gives its raylet a hard-coded 30 s to register,
-    which an overloaded shared 2-core box under ``nice`` misses, so this retries too."""
+    which an overloaded shared 2-core box under ``nice`` misses, so this retries (as root, the
+    retries start Ray at nice -5 for those seconds), removing each failed attempt's processes."""
     import ray
 
     for attempt in range(1, tries + 1):
         try:
+            if attempt > 1 and os.geteuid() == 0:  # only for Ray's start-up, then nice again
+                os.setpriority(os.PRIO_PROCESS, 0, -5)
             ray.init(num_cpus=2, include_dashboard=False)
             break
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on this timeout
             print(f"ray start {attempt}/{tries} failed: {str(exc).splitlines()[0]}", flush=True)
+            for pid in PeakRSS._tree():  # the failed attempt's GCS, dashboard...: ours, and
+                if pid != os.getpid():  # left running by Ray, they would load the box further
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
             if attempt == tries:
                 raise
             time.sleep(10)
-    for pid in PeakRSS._tree():
+    _renice(PeakRSS._tree(), niceness)
+    PeakRSS.hold_nice = niceness
+
+
+def _renice(pids: object, niceness: int) -> None:
+    """Set ``pids`` to ``niceness``: Ray starts its task workers 15 above the raylet (19 under
+    nice 10), where on a shared box they would barely run."""
+    for pid in pids:
         try:
-            now = os.getpriority(os.PRIO_PROCESS, pid)
-            os.setpriority(os.PRIO_PROCESS, pid, max(niceness, now))
+            if os.getpriority(os.PRIO_PROCESS, pid) != niceness:
+                os.setpriority(os.PRIO_PROCESS, pid, niceness)
         except OSError:
             pass
 
@@ -240,6 +261,11 @@ def report(work: Path, times: dict[str, float], rss: PeakRSS, result: object) ->
     for k, v in cols.items():
         print(f"  {k}: {v}")
     _ = result
+    pipeline = sum(v for k, v in times.items() if not k.startswith(("write", "ray start")))
+    n = lb.get("test_synth_o_eer", pd.Series([float("nan")])).iloc[0]
+    print(f"| e2e_scale: {work.name}, prepare -> 1 epoch (cosine+PLDA dev) -> test list | "
+          f"{pipeline:.0f} s, peak RSS {rss.peak_tree / 2**30:.2f} GiB (tree) | "
+          f"{base:.0f} s writing the WAVs | {base / pipeline:.2f}x | test EER {100 * n:.1f}% |")
 
 
 if __name__ == "__main__":
