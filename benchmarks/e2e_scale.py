@@ -7,9 +7,10 @@ nice 10 once Ray is up (see ``start_ray_then_nice``).
 
     .venv/bin/python benchmarks/e2e_scale.py [--speakers 2000] [--keep DIR]
 
-Prints each stage's wall time, the peak RSS (the driver and its whole process tree, Ray workers
-included, sampled from /proc every 0.5 s) and the dev and test EERs with their 95% CIs. The
-baseline for the times is writing the WAV files (the floor: the audio has to exist).
+Prints each stage's wall time, the peak memory (the driver's RSS; its whole process tree's, Ray
+workers included, as PSS and as a sum of RSS, sampled from /proc every 0.5 s) and the dev and
+test EERs with their 95% CIs. The baseline for the times is writing the WAV files (the floor:
+the audio has to exist).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class PeakRSS:
     """Peak summed RSS of this process and all its descendants, sampled from /proc."""
 
     def __init__(self, every: float = 0.5) -> None:
-        self.peak_tree = self.peak_self = 0
+        self.peak_tree = self.peak_self = self.peak_rss_sum = 0
         self._every, self._stop = every, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -110,12 +111,25 @@ class PeakRSS:
 
     hold_nice: int | None = None  # set: keep the whole tree at this niceness (see below)
 
+    @staticmethod
+    def _pss(pid: int) -> int:
+        """Proportional set size: shared pages (torch libraries, Ray's object store) split
+        among the processes sharing them, so a sum over the tree does not count them twice."""
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
     def _run(self) -> None:
         while not self._stop.is_set():
             tree = self._tree()
             if self.hold_nice is not None:
                 _renice(tree, self.hold_nice)
-            self.peak_tree = max(self.peak_tree, sum(tree.values()))
+            self.peak_rss_sum = max(self.peak_rss_sum, sum(tree.values()))
+            self.peak_tree = max(self.peak_tree, sum(self._pss(p) for p in tree))
             self.peak_self = max(self.peak_self, tree.get(os.getpid(), 0))
             self._stop.wait(self._every)
 
@@ -235,14 +249,24 @@ def main() -> None:
         t0 = time.perf_counter()
         result = run_sweep(space, storage=str(work / "runs"), report_root=str(work / "report"),
                            log=log)
-        end = time.perf_counter()
-        first_test = next((t for t, m in lines if m.startswith("test synth_o:")), end)
-        times["sweep: 1 epoch + dev (cosine+PLDA)"] = first_test - t0
-        times["test-list evaluation + report"] = end - first_test
+        times["sweep (1 epoch, dev cosine+PLDA, test list, report)"] = time.perf_counter() - t0
         ray.shutdown()
+        t0 = time.perf_counter()  # the sweep's test-list step once more, timed alone
+        retest(work, space)
+        times["test-list evaluation alone (holdout)"] = time.perf_counter() - t0
     report(work, times, rss, result)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def retest(work: Path, space: object) -> None:
+    """``search.holdout.evaluate_test_lists`` on the sweep's leaderboard: what the sweep ran."""
+    import pandas as pd
+    from speakertune.search.holdout import evaluate_test_lists
+
+    lb = pd.read_csv(next((work / "report").glob("*/leaderboard.csv")))
+    evaluate_test_lists(lb, space.trial_config({})["data"], top_k=1, backend="plda",
+                        log=lambda m: print(f"(again) {m}", flush=True))
 
 
 def report(work: Path, times: dict[str, float], rss: PeakRSS, result: object) -> None:
@@ -255,16 +279,18 @@ def report(work: Path, times: dict[str, float], rss: PeakRSS, result: object) ->
         print(f"{k:40s} {v:8.1f} s")
     base = times["write WAVs (baseline)"]
     print(f"{'prepare / write ratio':40s} {times['prepare voxceleb'] / base:8.2f}")
-    print(f"peak RSS: driver {rss.peak_self / 2**30:.2f} GiB, process tree (Ray workers "
-          f"included) {rss.peak_tree / 2**30:.2f} GiB")
+    print(f"peak RSS: driver {rss.peak_self / 2**30:.2f} GiB; process tree (Ray workers "
+          f"included): PSS {rss.peak_tree / 2**30:.2f} GiB (sum of RSS, shared pages counted "
+          f"per process, {rss.peak_rss_sum / 2**30:.2f} GiB)")
     cols = {c: row[c] for c in lb.columns if re.search(r"eer|dcf|epoch|trial", c)}
     for k, v in cols.items():
         print(f"  {k}: {v}")
     _ = result
-    pipeline = sum(v for k, v in times.items() if not k.startswith(("write", "ray start")))
+    skip = ("write", "ray start", "test-list")  # the baseline, Ray, and the re-timed step
+    pipeline = sum(v for k, v in times.items() if not k.startswith(skip))
     n = lb.get("test_synth_o_eer", pd.Series([float("nan")])).iloc[0]
     print(f"| e2e_scale: {work.name}, prepare -> 1 epoch (cosine+PLDA dev) -> test list | "
-          f"{pipeline:.0f} s, peak RSS {rss.peak_tree / 2**30:.2f} GiB (tree) | "
+          f"{pipeline:.0f} s, peak PSS {rss.peak_tree / 2**30:.2f} GiB (tree) | "
           f"{base:.0f} s writing the WAVs | {base / pipeline:.2f}x | test EER {100 * n:.1f}% |")
 
 
