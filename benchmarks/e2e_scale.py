@@ -174,7 +174,7 @@ def start_ray_then_nice(tries: int = 4, niceness: int = 10) -> None:
         try:
             if attempt > 1 and os.geteuid() == 0:  # only for Ray's start-up, then nice again
                 os.setpriority(os.PRIO_PROCESS, 0, -5)
-            ray.init(num_cpus=2, include_dashboard=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a neighbour's
             break
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on this timeout
             print(f"ray start {attempt}/{tries} failed: {str(exc).splitlines()[0]}", flush=True)
