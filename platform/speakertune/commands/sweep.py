@@ -12,7 +12,7 @@ import sys
 
 from speakertune import redact
 from speakertune.config import ConfigError
-from speakertune.search.sampler import check_builds
+from speakertune.search.sampler import check_builds, check_data
 from speakertune.search.space import SearchSpace, load_space
 
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = load_space(args.space)
         built = check_builds(space)  # component options too, still before Ray starts
+        data_line = check_data(space)  # and the train/dev/test lists of a prepared corpus
     except ConfigError as exc:
         print(f"error: {redact.redact_text(str(exc))}", file=sys.stderr)
         return 2
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         space.search["num_samples"] = args.num_samples
     if args.check:
         print(plan(space, args.name, built))
+        print(data_line)
         return 0
 
     from speakertune.search.sweep import SweepError, run_sweep

@@ -2,7 +2,8 @@
 
 ``suggest`` samples the active parameters (a parameter whose ``when`` conditions fail is not
 sampled at all), ``trial_config`` turns the sampled dotted values into a full config, and
-``check_builds`` builds a few sampled configs so a bad component option fails before Ray starts.
+``check_builds`` builds a few sampled configs so a bad component option fails before Ray starts,
+and ``check_data`` reads the corpus roles (a bad ``data.test`` entry fails there too).
 """
 
 from __future__ import annotations
@@ -103,6 +104,20 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SpaceError(f"{space.source}: {msg} (with {flat})") from None
     return len(seen)
+
+
+def check_data(space: SearchSpace) -> str:
+    """The base config's ``data`` roles (train, dev, test lists) checked on the driver, before
+    Ray starts; returns ``check_roles``' summary line. Errors name the space file and the key."""
+    from speakertune.data.corpus import check_roles
+    from speakertune.data.errors import DataError
+
+    try:
+        return check_roles(space.trial_config({})["data"])
+    except (DataError, ConfigError) as exc:
+        msg = str(exc)
+        raise SpaceError(f"{space.source}: {'base.' if msg.startswith('data.') else ''}{msg}") \
+            from None
 
 
 def _check_banks_once(cfg: dict[str, Any], source: str, seen: set[str]) -> None:
