@@ -185,7 +185,7 @@ def _load_validation_cache(w: _Worker) -> dict[str, Any]:
 
 def _tensorboard(w: _Worker) -> TrialLog | None:
     if w.rank == 0 and w.meta.get("run_dir"):
-        return TrialLog(Path(w.meta["run_dir"]) / "tensorboard")
+        return TrialLog(w.meta["run_dir"])
     return None
 
 
@@ -365,4 +365,4 @@ def _log_epoch(w: _Worker, log: TrialLog, epoch: int, metrics: dict[str, Any],
     if epoch + 1 == w.epochs:
         systems = {f"{k} (EER {100 * metrics[f'val_eer_{k}']:.1f}%)": (s, result.labels)
                    for k, s in result.scores.items()}
-        log.log_det(systems, Path(w.meta["run_dir"]) / "det.png", epoch + 1)
+        log.log_det(systems, epoch + 1)
