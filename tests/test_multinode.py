@@ -64,10 +64,22 @@ def _finished_in_state(client) -> set[str]:
     return done
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _agent_ports() -> dict[str, int]:
+    """Fixed free ports for a node's agents. Left to Ray, the default dashboard-agent port
+    clashes with any other Ray on the machine, and the raylet waits only ~15 s for its agents
+    to report theirs - on a loaded 2-core machine it then aborts (``WaitForDashboardAgentPorts``);
+    with the ports given it does not wait."""
+    socks = [socket.socket() for _ in range(4)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    keys = ("dashboard_agent_listen_port", "metrics_agent_port", "metrics_export_port",
+            "runtime_env_agent_port")  # fmt: skip
+    return dict(zip(keys, ports))
 
 
 def _sweep(space: Path, storage: str, address: str, report: Path, *extra: str) -> list[str]:
@@ -98,10 +110,9 @@ def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(
     storage, report = f"s3://{BUCKET}/{PREFIX}", tmp_path / "report"
 
     # the head has no CPU: every Train worker and Ray Data task runs on a worker node
-    # (a free agent port: the default one is taken by any other Ray on the machine)
-    head = {"num_cpus": 0, "include_dashboard": False, "dashboard_agent_listen_port": _free_port()}
+    head = {"num_cpus": 0, "include_dashboard": False, **_agent_ports()}
     cluster = Cluster(initialize_head=True, head_node_args=head)
-    nodes = [cluster.add_node(num_cpus=3) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=3, **_agent_ports()) for _ in range(2)]
     cluster.wait_for_nodes()
     by_id = {n.node_id: n for n in nodes}
     try:

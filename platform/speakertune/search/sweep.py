@@ -334,5 +334,6 @@ def run_sweep(
         det_top_n=det_top,
         log=log,
     )
-    log(f"TensorBoard: tensorboard --logdir {train_root}")
+    fast = " --load_fast=false" if _is_uri(train_root) else ""  # its fast loader skips S3
+    log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")
     return result
