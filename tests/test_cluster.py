@@ -150,6 +150,20 @@ def test_autoscaler_limits_respect_the_global_max_workers() -> None:
     assert autoscaler_limits(cfg) == {"CPU": 2 + 32 + 16, "GPU": 16 + 4}
 
 
+def test_autoscaler_config_without_worker_resources_is_one_clear_error(tmp_path: Path) -> None:
+    from speakertune.search.cluster import ClusterError, load_autoscaler_limits
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"GPU": 0}}, "gpu": {"max_workers": 2, "resources": {}}}}))
+    with pytest.raises(ClusterError, match="c.yaml: no worker node type states its resources"):
+        load_autoscaler_limits(path)
+    path.write_text("max_workers: [\n")
+    with pytest.raises(ClusterError, match="cannot read the autoscaler config") as err:
+        load_autoscaler_limits(path)
+    assert "\n" not in str(err.value)
+
+
 def test_local_storage_is_refused_where_trials_leave_the_node() -> None:
     from speakertune.search.cluster import ClusterError, check_storage
 

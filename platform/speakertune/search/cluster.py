@@ -124,16 +124,18 @@ def load_autoscaler_limits(path: str | Path) -> dict[str, float]:
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise ClusterError(f"{path}: cannot read the autoscaler config ({exc})") from None
+        why = " ".join(str(exc).split())  # YAML errors span lines: one line here
+        raise ClusterError(f"{path}: cannot read the autoscaler config ({why})") from None
     if not isinstance(config, dict) or not config.get("available_node_types"):
         raise ClusterError(f"{path}: not a Ray autoscaler config (no available_node_types)")
-    limits = autoscaler_limits(config)
-    if not limits:
+    head = config.get("head_node_type")
+    types = config["available_node_types"]
+    if not any(t.get("resources") for name, t in types.items() if name != head):
         raise ClusterError(
-            f"{path}: no node type states its resources; give each type "
+            f"{path}: no worker node type states its resources; give each type "
             "`resources: {CPU: n, GPU: n}` (ray up fills them in ~/ray_bootstrap_config.yaml)"
         )
-    return limits
+    return autoscaler_limits(config)
 
 
 def find_autoscaler_config(explicit: str | None, joined_cluster: bool) -> Path | None:
