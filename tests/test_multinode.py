@@ -150,7 +150,7 @@ def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(
                 runs = _train_runs(client)
                 return len(runs) == 2 and all(_history(client, p) for p in runs.values())
 
-            _wait_for(both_started, 240, "both trials' first epoch", proc)
+            _wait_for(both_started, 600, "both trials' first epoch", proc)
             first = {t: _history(client, p)[0] for t, p in _train_runs(client).items()}
             on = {t: h["train_node_id"] for t, h in first.items()}
             assert set(on.values()) == set(by_id), on  # one trial per worker node, none on head
@@ -159,7 +159,7 @@ def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(
             cluster.remove_node(by_id[lost_node])
             kept = next(n for n in by_id if n != lost_node)
             other = next(t for t in on if t != lost_trial)
-            _wait_for(lambda: other in _finished_in_state(client), 300, "a finished trial", proc)
+            _wait_for(lambda: other in _finished_in_state(client), 600, "a finished trial", proc)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without any cleanup
             proc.wait(30)
@@ -170,7 +170,7 @@ def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(
         assert not (report / "tiny" / "leaderboard.csv").exists()
 
         resumed = subprocess.run(_sweep(space, storage, cluster.address, report, "--resume"),
-                                 capture_output=True, text=True, timeout=400, cwd=tmp_path)
+                                 capture_output=True, text=True, timeout=900, cwd=tmp_path)
         out = resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert resumed.returncode == 0, out
         took = time.monotonic() - t0
