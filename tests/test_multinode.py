@@ -65,10 +65,8 @@ def _finished_in_state(client) -> set[str]:
 
 
 def _agent_ports() -> dict[str, int]:
-    """Fixed free ports for a node's agents. Left to Ray, the default dashboard-agent port
-    clashes with any other Ray on the machine, and the raylet waits only ~15 s for its agents
-    to report theirs - on a loaded 2-core machine it then aborts (``WaitForDashboardAgentPorts``);
-    with the ports given it does not wait."""
+    """Free ports for a node's agents: left to Ray, the head's default dashboard-agent port
+    (52365) clashes with any other Ray running on the machine."""
     socks = [socket.socket() for _ in range(4)]
     try:
         for s in socks:
