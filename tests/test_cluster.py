@@ -39,7 +39,9 @@ def test_cluster_yaml_passes_ray_validation(raw: dict) -> None:
         assert all("ray " not in c or ".venv/bin/ray" in c for c in cfg[key]), key
     images = {t["node_config"].get("ImageId") for t in types.values()}
     assert len(images) == 1 and "nvidia-driver" in images.pop()  # one named image everywhere
-    assert any("--dashboard-host=0.0.0.0" in c for c in cfg["head_start_ray_commands"])
+    # no authentication on the dashboard: loopback only, reached through `ray dashboard`
+    assert any("--dashboard-host=127.0.0.1" in c for c in cfg["head_start_ray_commands"])
+    assert not any("0.0.0.0" in c for c in cfg["head_start_ray_commands"])
 
 
 def test_validation_rejects_a_broken_config(raw: dict) -> None:
@@ -48,3 +50,210 @@ def test_validation_rejects_a_broken_config(raw: dict) -> None:
     bad["available_node_types"]["gpu_g5"]["min_wrkers"] = 1
     with pytest.raises(jsonschema.ValidationError, match="min_wrkers"):
         validate_config(prepare_config(bad))
+
+
+# ---------------------------------------------------------------- 64 GPUs, header commands
+
+
+def test_cluster_yaml_reaches_64_gpus_and_has_a_cpu_worker_type(raw: dict) -> None:
+    from speakertune.search.cluster import autoscaler_limits
+
+    limits = autoscaler_limits(prepare_config(copy.deepcopy(raw)))
+    assert limits["GPU"] == 64
+    types = raw["available_node_types"]
+    cpu_types = [t for t, v in types.items() if t != raw["head_node_type"]
+                 and v["resources"].get("GPU", 0) == 0 and v["max_workers"] > 0]
+    assert cpu_types, "needs a CPU worker type for Ray Data"
+    # the ECAPA space's trial (4 CPU + 1 GPU Train worker) fits the smallest GPU node
+    assert min(v["resources"]["CPU"] for v in types.values() if v["resources"].get("GPU")) >= 4
+
+
+def _header_commands() -> list[str]:
+    """The commands in cluster.yaml's header, continuation lines joined."""
+    lines = [ln[1:].strip() for ln in CLUSTER.read_text().splitlines() if ln.startswith("#   ")]
+    out, cur = [], ""
+    for ln in lines:
+        cur += ln.split("  #")[0].rstrip(" \\") + " "
+        if not ln.rstrip().endswith("\\"):
+            out.append(cur.strip())
+            cur = ""
+    return out
+
+
+def test_header_commands_are_exact() -> None:
+    import shlex
+
+    from speakertune.commands.sweep import build_parser
+
+    cmds = _header_commands()
+    assert [c.split()[:2] for c in cmds if c.startswith("ray ")][:2] == [
+        ["ray", "up"], ["ray", "dashboard"]]
+    submit = next(c for c in cmds if "ray job submit" in c)
+    argv = shlex.split(submit.split(" -- ", 1)[1])
+    assert argv[:2] == ["python", "jobs/sweep.py"] and (CLUSTER.parent / argv[1]).is_file()
+    args = build_parser().parse_args(argv[2:])  # every flag exists, as written
+    assert args.storage.startswith("s3://") and args.report_dir.startswith("/home/ubuntu/")
+    rsync = next(c for c in cmds if "rsync-down" in c)
+    assert args.report_dir in rsync  # fetches the report from where the job wrote it
+    assert "ray dashboard cluster.yaml" in cmds[1] and "127.0.0.1:8265" in submit
+
+
+# ---------------------------------------------------------------- concurrency rule (pure)
+
+
+def test_fixed_rule_divides_the_resources_present() -> None:
+    from speakertune.search.cluster import plan_concurrency
+
+    assert plan_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 2}, None)[0] == 1
+    assert plan_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 7}, None)[0] == 3
+    n, line = plan_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 64}, 8)
+    assert n == 8 and "[fixed rule]" in line and "capped by search.max_concurrent=8" in line
+    # GPUs bind first: 4 GPUs / 2 per trial, although the CPUs would fit 16 trials
+    assert plan_concurrency({"CPU": 4, "GPU": 2}, {"CPU": 64, "GPU": 4}, None)[0] == 2
+    assert plan_concurrency({"CPU": 1}, {"CPU": 64}, None, num_samples=5)[0] == 5
+
+
+def test_fixed_rule_refuses_a_trial_that_never_fits() -> None:
+    from speakertune.search.cluster import ClusterError, plan_concurrency
+
+    with pytest.raises(ClusterError, match="a trial needs 4 CPU \\+ 1 GPU .* 8 CPU \\+ 0 GPU"):
+        plan_concurrency({"CPU": 4, "GPU": 1}, {"CPU": 8, "GPU": 0}, 3)
+
+
+def test_autoscaling_rule_uses_the_configured_maximum() -> None:
+    from speakertune.search.cluster import ClusterError, plan_concurrency
+
+    # a CPU-only head at start: 64 GPUs are reachable, the space caps at 40
+    n, line = plan_concurrency({"CPU": 8, "GPU": 1}, {"CPU": 8}, 40, {"CPU": 776, "GPU": 64})
+    assert n == 40 and "[autoscaling rule]" in line and "up now: 8 CPU + 0 GPU" in line
+    assert plan_concurrency({"CPU": 8, "GPU": 1}, {"CPU": 8}, None, {"CPU": 776, "GPU": 64},
+                            num_samples=100)[0] == 64  # fmt: skip
+    assert plan_concurrency({"CPU": 8, "GPU": 2}, {}, None, {"CPU": 776, "GPU": 64})[0] == 32
+    with pytest.raises(ClusterError, match="raise max_workers"):
+        plan_concurrency({"CPU": 4, "GPU": 16}, {}, None, {"CPU": 776, "GPU": 8})
+
+
+def test_autoscaler_limits_respect_the_global_max_workers() -> None:
+    from speakertune.search.cluster import autoscaler_limits
+
+    cfg = {
+        "max_workers": 3, "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 2}},
+            "small": {"max_workers": 4, "resources": {"CPU": 4, "GPU": 1}},
+            "big": {"max_workers": 2, "resources": {"CPU": 16, "GPU": 8}},
+        },
+    }  # fmt: skip
+    # 3 workers at most: for GPUs the two big nodes + one small; for CPUs the same
+    assert autoscaler_limits(cfg) == {"CPU": 2 + 16 * 2 + 4, "GPU": 8 * 2 + 1}
+    cfg["max_workers"] = 100  # per-type maxima bind
+    assert autoscaler_limits(cfg) == {"CPU": 2 + 32 + 16, "GPU": 16 + 4}
+
+
+def test_autoscaler_config_without_worker_resources_is_one_clear_error(tmp_path: Path) -> None:
+    from speakertune.search.cluster import ClusterError, load_autoscaler_limits
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"GPU": 0}}, "gpu": {"max_workers": 2, "resources": {}}}}))
+    with pytest.raises(ClusterError, match="c.yaml: no worker node type states its resources"):
+        load_autoscaler_limits(path)
+    path.write_text("max_workers: [\n")
+    with pytest.raises(ClusterError, match="cannot read the autoscaler config") as err:
+        load_autoscaler_limits(path)
+    assert "\n" not in str(err.value)
+
+
+def test_local_storage_is_refused_where_trials_leave_the_node() -> None:
+    from speakertune.search.cluster import ClusterError, check_storage
+
+    check_storage("/abs/runs", nodes=1, autoscaling=False, shared=False)  # one machine: fine
+    check_storage("s3://b/p", nodes=5, autoscaling=True, shared=False)
+    check_storage("/mnt/nfs/runs", nodes=5, autoscaling=False, shared=True)  # explicit opt-out
+    for nodes, autoscaling in ((3, False), (1, True)):
+        with pytest.raises(ClusterError) as err:
+            check_storage("/abs/runs", nodes=nodes, autoscaling=autoscaling, shared=False)
+        msg = str(err.value)
+        assert "\n" not in msg and "--storage s3://" in msg and "--shared-storage" in msg
+
+
+# ---------------------------------------------------------------- on a real Ray cluster
+
+
+def test_rules_on_a_real_ray_cluster(ray_local, tmp_path: Path) -> None:
+    """The fixed rule reads the live cluster (2 CPUs, 1 node); given an autoscaler config the
+    autoscaling rule sizes against its maximum instead, and a local --storage is refused."""
+    from speakertune.search.cluster import (
+        ClusterError,
+        alive_nodes,
+        check_storage,
+        cluster_concurrency,
+    )
+
+    lines: list[str] = []
+    n, autoscaling = cluster_concurrency({"CPU": 1}, None, 10, None, lines.append)
+    assert (n, autoscaling) == (int(ray_local.cluster_resources()["CPU"]), False)
+    assert "[fixed rule]" in lines[-1]
+    assert alive_nodes() == 1
+    check_storage(str(tmp_path), alive_nodes(), autoscaling, shared=False)
+
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(yaml.safe_dump({
+        "max_workers": 3, "head_node_type": "head",
+        "available_node_types": {"head": {"resources": {"CPU": 2}},
+                                 "gpu": {"max_workers": 3, "resources": {"CPU": 4, "GPU": 1}}},
+    }))  # fmt: skip
+    n, autoscaling = cluster_concurrency({"CPU": 1, "GPU": 1}, 8, 10, config, lines.append)
+    assert (n, autoscaling) == (3, True) and "[autoscaling rule]" in lines[-1]
+    with pytest.raises(ClusterError, match="autoscales"):
+        check_storage(str(tmp_path), alive_nodes(), autoscaling, shared=False)
+
+
+# ---------------------------------------------------------------- run files on S3
+
+
+def test_progress_history_and_tensorboard_land_in_s3(s3_server, monkeypatch, tmp_path) -> None:
+    """With s3:// storage the rank-0 files go to the run's storage through pyarrow: the log
+    and history accumulate across writers (a resumed worker is a new writer) and the event
+    files are valid TensorBoard records, listed the way TensorBoard's S3 reader lists them."""
+    import numpy as np
+    from speakertune.train.progress import Progress, TrialLog, read_history
+    from test_trainer import _read_events
+
+    for key, value in (("AWS_ACCESS_KEY_ID", s3_server.access_key),
+                       ("AWS_SECRET_ACCESS_KEY", s3_server.secret_key),
+                       ("AWS_ENDPOINT_URL", s3_server.endpoint),
+                       ("AWS_REGION", s3_server.region)):  # fmt: skip
+        monkeypatch.setenv(key, value)
+    s3_server.make_bucket("runfiles")
+    run = "s3://runfiles/sweep/train_runs/t1"
+    for epoch in (1, 2):  # two writers, as after a worker restart
+        show = Progress(run)
+        show(f"epoch {epoch}/2")
+        show.record({"epoch": epoch, "train_loss": np.float32(1.0 / epoch)})
+        TrialLog(run).log_epoch({"train_loss": 1.0 / epoch, "val_eer_cosine": 0.1}, epoch)
+    labels = np.array([0, 1] * 20)
+    det = TrialLog(run).log_det({"cosine": (labels + np.linspace(0, 1, 40), labels)}, 2)
+
+    client = s3_server.client()
+    body = client.get_object(Bucket="runfiles", Key="sweep/train_runs/t1/progress.log")["Body"]
+    assert body.read().decode() == "epoch 1/2\nepoch 2/2\n"
+    assert [h["epoch"] for h in read_history(run)] == [1, 2]
+    assert read_history(run)[1]["train_loss"] == pytest.approx(0.5)
+    assert det == f"{run}/det.png"
+    assert client.head_object(Bucket="runfiles", Key="sweep/train_runs/t1/det.png")[
+        "ContentLength"] > 1000  # fmt: skip
+    listed = client.list_objects(Bucket="runfiles", Prefix="sweep/train_runs/t1/tensorboard/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert len(keys) == 3 and all("events.out.tfevents." in k for k in keys)
+    scalars, images = {}, set()
+    for key in keys:
+        path = tmp_path / "events"
+        path.write_bytes(client.get_object(Bucket="runfiles", Key=key)["Body"].read())
+        for ev in _read_events(path):
+            for v in ev.summary.value:
+                if v.HasField("image"):
+                    images.add(v.tag)
+                else:
+                    scalars.setdefault(v.tag, {})[ev.step] = v.simple_value
+    assert scalars["train/loss"] == {1: 1.0, 2: 0.5} and "val/det" in images

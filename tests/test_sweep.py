@@ -180,16 +180,6 @@ def test_invalid_space_fails_before_ray_starts(tmp_path: Path) -> None:
     assert "Ray" not in out.stdout and time.monotonic() - t0 < 30
 
 
-def test_fit_concurrency() -> None:
-    assert sweep.fit_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 2}, None)[0] == 1
-    assert sweep.fit_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 7}, None)[0] == 3
-    assert sweep.fit_concurrency({"CPU": 2, "GPU": 0}, {"CPU": 64}, 8)[0] == 8
-    # GPUs bind first: 4 GPUs / 2 per trial, although the CPUs would fit 16 trials
-    assert sweep.fit_concurrency({"CPU": 4, "GPU": 2}, {"CPU": 64, "GPU": 4}, None)[0] == 2
-    n, why = sweep.fit_concurrency({"CPU": 4, "GPU": 1}, {"CPU": 8, "GPU": 0}, 3)
-    assert n == 3 and "autoscaler" in why  # a CPU-only head: GPU workers come on demand
-
-
 def test_absolute_data_paths(tmp_path: Path) -> None:
     cfg = {"data": {"root": "data/synth", "manifest": "s3://b/m.parquet"}, "augment": {}}
     out = sweep.absolute_data_paths(cfg, tmp_path)

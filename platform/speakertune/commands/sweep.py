@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto'); or RAY_ADDRESS")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--cluster-config", default=None,
+                   help="autoscaler YAML to size concurrency by (default on a joined cluster: "
+                        "~/ray_bootstrap_config.yaml if present; none: the fixed-cluster rule)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the local --storage path is a shared mount (NFS) on every node")
     p.add_argument("--report-dir", default="runs", help="local dir for leaderboard and best/")
     p.add_argument("--verbose", action="store_true",
                    help="show everything Ray prints (its INFO logs and deprecation warnings)")
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             report_root=args.report_dir,
             verbose=args.verbose,
+            cluster_config=args.cluster_config,
+            shared_storage=args.shared_storage,
         )
     except (SweepError, ConfigError) as exc:
         print(f"error: {redact.redact_text(str(exc))}", file=sys.stderr)

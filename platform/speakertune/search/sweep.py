@@ -11,7 +11,8 @@ and the report under ``runs/NAME/`` (always local): ``leaderboard.md``, ``leader
 
 Each Tune trial only drives its Train run (the Train controller takes no CPU), so it reserves
 memory but no CPU: the trial's CPUs/GPUs are held by its Train workers and Ray Data tasks, and
-``max_concurrent_trials`` is sized from ``trainer.trial_resources`` so those always fit.
+``max_concurrent_trials`` is sized from ``trainer.trial_resources`` by ``search.cluster``: against
+the autoscaler's maximum on an autoscaling cluster, the resources present on a fixed one.
 
 Ray start-up and the Tune callbacks are in ``search.ray_runtime``, the report in
 ``search.report``.
@@ -19,13 +20,20 @@ Ray start-up and the Tune callbacks are in ``search.ray_runtime``, the report in
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from speakertune.search.cluster import (
+    ClusterError,
+    alive_nodes,
+    autoscaling_env,
+    check_storage,
+    cluster_concurrency,
+    find_autoscaler_config,
+)
 from speakertune.search.ray_runtime import (
     FinishedTrialLine,
     PlacementGroupReaper,
@@ -91,29 +99,6 @@ def trial_placement(cfg: dict[str, Any]) -> Any:
     return tune.PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}])
 
 
-def fit_concurrency(
-    need: dict[str, float], cluster: dict[str, float], cap: int | None
-) -> tuple[int, str]:
-    """How many trials fit the cluster at once (and why), never more than ``cap``."""
-    fits = []
-    for res in ("CPU", "GPU"):
-        if need.get(res, 0) > 0:
-            fits.append(math.floor(cluster.get(res, 0.0) / need[res] + 1e-9))
-    n = min(fits) if fits else (cap or 1)
-    why = (
-        f"{n} concurrent trial(s): each needs {need.get('CPU', 0):g} CPU + {need.get('GPU', 0):g} "
-        f"GPU, cluster has {cluster.get('CPU', 0):g} CPU + {cluster.get('GPU', 0):g} GPU"
-    )
-    if n < 1:
-        # An autoscaling cluster adds nodes when trials are pending; a fixed one never will.
-        n = cap or 1
-        why += f"; none fits now - running {n} and waiting for the autoscaler to add nodes"
-    if cap is not None and cap < n:
-        n = cap
-        why += f"; capped by search.max_concurrent={cap}"
-    return n, why
-
-
 def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
     """One Tune trial: build the trial config, run its Train run, forward its reports to Tune."""
     from ray import tune
@@ -124,6 +109,8 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
     if factory is None:
         from speakertune.train.driver import make_trainer as factory
     trial_id = tune.get_context().get_trial_id()
+    if spec.get("autoscaling"):
+        autoscaling_env()  # Train waits for the nodes the autoscaler is adding
     # A fixed Train run name per trial: a retried or resumed trial continues its own Train run
     # from that run's latest checkpoint instead of starting over.
     trainer = factory(
@@ -175,13 +162,28 @@ def _prepare_corpus(base_cfg: dict[str, Any], log: Callable[[str], None]) -> Non
     log(f"corpus ready in {time.perf_counter() - t0:.1f} s")
 
 
-def _concurrency(space: SearchSpace, base_cfg: dict[str, Any], log: Callable[[str], None]) -> int:
-    import ray
-
-    need = trial_resources(base_cfg)
-    concurrent, why = fit_concurrency(need, ray.cluster_resources(), space.search["max_concurrent"])
-    log(why)
-    return concurrent
+def _plan_cluster(
+    space: SearchSpace,
+    base_cfg: dict[str, Any],
+    storage: str,
+    *,
+    cluster_config: str | None,
+    joined: bool,
+    shared_storage: bool,
+    log: Callable[[str], None],
+) -> tuple[int, bool]:
+    """Concurrency (autoscaling or fixed rule, ``search.cluster``) and the storage check,
+    before anything starts; returns ``(max_concurrent_trials, autoscaling)``."""
+    config = find_autoscaler_config(cluster_config, joined)
+    try:
+        concurrent, autoscaling = cluster_concurrency(
+            trial_resources(base_cfg), space.search["max_concurrent"],
+            space.search["num_samples"], config, log,
+        )  # fmt: skip
+        check_storage(storage, alive_nodes(), autoscaling, shared_storage)
+    except ClusterError as exc:
+        raise SweepError(str(exc)) from None
+    return concurrent, autoscaling
 
 
 def _trainable(
@@ -192,6 +194,7 @@ def _trainable(
     train_root: str,
     factory: TrainerFactory | None,
     max_failures: int,
+    autoscaling: bool = False,
 ) -> Any:
     """``_trial_fn`` bound to what every trial needs, with the trial's own reservation."""
     from ray import tune
@@ -202,6 +205,7 @@ def _trainable(
         "train_root": train_root,
         "factory": factory,
         "max_failures": max_failures,
+        "autoscaling": autoscaling,
     }
     return tune.with_resources(
         tune.with_parameters(_trial_fn, spec=spec), trial_placement(base_cfg)
@@ -276,6 +280,8 @@ def run_sweep(
     det_top: int = 3,
     log: Callable[[str], None] = print,
     verbose: bool = False,
+    cluster_config: str | None = None,
+    shared_storage: bool = False,
 ) -> SweepResult:
     """Run (or resume) the sweep ``space`` and write its report; see the module docstring."""
     from ray import tune
@@ -284,12 +290,16 @@ def run_sweep(
         storage = str(Path(storage).resolve())
     base, base_cfg = _base_configs(space)
     init_ray(address, log, verbose=verbose)
+    concurrent, autoscaling = _plan_cluster(
+        space, base_cfg, storage, cluster_config=cluster_config,
+        joined=bool(address or os.environ.get("RAY_ADDRESS")), shared_storage=shared_storage,
+        log=log,
+    )  # fmt: skip
     name = _experiment_name(space, storage, name, resume)
     exp_path = _join(storage, name)
-    report_dir = Path(report_root).resolve() / name
+    report_dir = Path(report_root).expanduser().resolve() / name
     report_dir.mkdir(parents=True, exist_ok=True)
     _prepare_corpus(base_cfg, log)
-    concurrent = _concurrency(space, base_cfg, log)
     train_root = _join(exp_path, "train_runs")
     trainable = _trainable(
         space,
@@ -298,6 +308,7 @@ def run_sweep(
         train_root=train_root,
         factory=trainer_factory,
         max_failures=max_failures,
+        autoscaling=autoscaling,
     )
     if resume:
         log(f"resuming {exp_path}")
@@ -323,5 +334,6 @@ def run_sweep(
         det_top_n=det_top,
         log=log,
     )
-    log(f"TensorBoard: tensorboard --logdir {train_root}")
+    fast = " --load_fast=false" if _is_uri(train_root) else ""  # its fast loader skips S3
+    log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")
     return result

@@ -120,8 +120,12 @@ def prepare(cfg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return meta, dataset
 
 
-def _local_run_dir(storage_path: str, name: str) -> str | None:
-    return None if "://" in storage_path else os.path.join(storage_path, name)
+def _run_dir(storage_path: str, name: str) -> str:
+    """The Train run's directory: a local path, or a URI under ``s3://...`` storage (the
+    progress files and TensorBoard events go there through ``data.storage``)."""
+    if "://" in storage_path:
+        return f"{storage_path.rstrip('/')}/{name}"
+    return os.path.join(os.path.abspath(storage_path), name)
 
 
 def _dry_build(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -158,7 +162,7 @@ def make_trainer(
         storage_path = os.path.abspath(storage_path)
     meta, dataset = prepare(cfg)
     _dry_build(cfg, meta)
-    meta["run_dir"] = _local_run_dir(storage_path, name)
+    meta["run_dir"] = _run_dir(storage_path, name)
     meta["storage_uri"] = f"{storage_path.rstrip('/')}/{name}"
     run_config = RunConfig(
         name=name,
@@ -199,6 +203,6 @@ def train(cfg: dict[str, Any], *, storage_path: str = "runs", name: str | None =
     out["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     best = result.get_best_checkpoint("val_eer", "min") if result.checkpoint else None
     out["best_checkpoint"] = best.path if best else None
-    out["run_dir"] = result.path
-    out["history"] = read_history(result.path) if "://" not in storage_path else []
+    out["run_dir"] = _run_dir(storage_path, name)
+    out["history"] = read_history(out["run_dir"])
     return out

@@ -1,16 +1,27 @@
 """What a run leaves to watch it by, written by the rank-0 worker only: a line per epoch on
 stdout and in ``progress.log``, each epoch's metrics in ``history.jsonl`` (``read_history``
-reads them back), and TensorBoard event files (tensorboardX) with a DET curve at the end."""
+reads them back), and TensorBoard event files (tensorboardX) with a DET curve at the end.
+
+The run directory is a local path or a storage URI (``s3://...``, the run's own storage when
+the sweep stores on S3): remote files go through the project's pyarrow filesystems
+(``data.storage``, credentials from the AWS environment like Ray Train's own storage). Objects
+cannot be appended to, so a remote log is rewritten whole (small files); TensorBoard events are
+written to a local staging folder and uploaded when their writer closes (one file per epoch).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from speakertune.data import storage
 
 # metric key -> TensorBoard tag; grouped so the TensorBoard UI shows one panel per family.
 SCALARS = {
@@ -28,14 +39,38 @@ SCALARS = {
 }
 
 
+def join(root: str | Path, *parts: str) -> str:
+    """``root/parts`` for a local path or a URI (``Path`` would fold ``s3://`` to ``s3:/``)."""
+    root = str(root)
+    if storage.has_scheme(root):
+        return "/".join([root.rstrip("/"), *parts])
+    return str(Path(root, *parts))
+
+
+def append_text(uri: str, text: str) -> None:
+    """Append ``text`` to a local file, or rewrite an object with ``text`` added."""
+    if not storage.has_scheme(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        with open(uri, "a") as fh:
+            fh.write(text)
+        return
+    old = storage.read_bytes(uri) if storage.exists(uri) else b""
+    storage.write_bytes(uri, old + text.encode())
+
+
+def read_text(uri: str) -> str | None:
+    """The text of a local file or object, None if it does not exist."""
+    return storage.read_bytes(uri).decode() if storage.exists(uri) else None
+
+
 class Progress:
     """One line per epoch on stdout and in ``<run dir>/progress.log``, and each epoch's metrics
     as a JSON line in ``<run dir>/history.jsonl``."""
 
     def __init__(self, run_dir: str | None) -> None:
-        self.dir = Path(run_dir) if run_dir else None
-        if self.dir:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = str(run_dir) if run_dir else None
+        if self.dir and not storage.has_scheme(self.dir):
+            Path(self.dir).mkdir(parents=True, exist_ok=True)
 
     def __call__(self, line: str) -> None:
         # Not print(): Ray Train patches it in workers to log *and* echo to the wrapped stdout,
@@ -43,13 +78,12 @@ class Progress:
         sys.stdout.write(f"[speakertune] {line}\n")
         sys.stdout.flush()
         if self.dir:
-            with open(self.dir / "progress.log", "a") as fh:
-                fh.write(line + "\n")
+            append_text(join(self.dir, "progress.log"), line + "\n")
 
     def record(self, metrics: dict[str, Any]) -> None:
         if self.dir:
-            with open(self.dir / "history.jsonl", "a") as fh:
-                fh.write(json.dumps({k: _plain(v) for k, v in metrics.items()}) + "\n")
+            row = json.dumps({k: _plain(v) for k, v in metrics.items()})
+            append_text(join(self.dir, "history.jsonl"), row + "\n")
 
 
 def _plain(v: Any) -> Any:
@@ -57,12 +91,13 @@ def _plain(v: Any) -> Any:
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Per-epoch metrics of a run, in order (a resumed epoch appears once, its last report)."""
-    path = Path(run_dir) / "history.jsonl"
-    if not path.is_file():
+    """Per-epoch metrics of a run (local or URI), in order (a resumed epoch appears once, its
+    last report)."""
+    text = read_text(join(run_dir, "history.jsonl"))
+    if text is None:
         return []
     by_epoch: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
             by_epoch[int(row["epoch"])] = row
@@ -70,26 +105,38 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class TrialLog:
-    """TensorBoard scalars per epoch plus a DET-curve image at the end, under ``logdir``.
+    """TensorBoard scalars per epoch under ``<run dir>/tensorboard`` plus a DET-curve image
+    (and ``<run dir>/det.png``) at the end.
 
     Each epoch gets its own short-lived writer (one event file per epoch): tensorboardX queues
     events for a background thread and only ``close()`` drains that queue, so a worker killed
     mid-run would otherwise lose its last epochs. TensorBoard merges the files of a directory.
+    For a URI run directory the file is uploaded once its writer has closed.
     """
 
-    def __init__(self, logdir: str | Path) -> None:
-        self.logdir = Path(logdir)
-        self.logdir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = str(run_dir)
+        self.logdir = join(self.run_dir, "tensorboard")
+        self.remote = storage.has_scheme(self.logdir)
+        if not self.remote:
+            Path(self.logdir).mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def _writer(self, suffix: str):
         from tensorboardX import SummaryWriter
 
-        writer = SummaryWriter(logdir=str(self.logdir), filename_suffix=suffix)
+        stage = tempfile.mkdtemp(prefix="speakertune-tb-") if self.remote else self.logdir
+        writer = SummaryWriter(logdir=stage, filename_suffix=suffix)
         try:
             yield writer
         finally:
             writer.close()
+            if self.remote:
+                try:
+                    for f in sorted(Path(stage).iterdir()):
+                        storage.write_bytes(join(self.logdir, f.name), f.read_bytes())
+                finally:
+                    shutil.rmtree(stage, ignore_errors=True)
 
     def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
         with self._writer(f".epoch{epoch:04d}") as writer:
@@ -98,18 +145,19 @@ class TrialLog:
                 if value is not None and np.isfinite(value):
                     writer.add_scalar(tag, float(value), epoch)
 
-    def log_det(
-        self, systems: dict[str, tuple[np.ndarray, np.ndarray]], png: str | Path, epoch: int
-    ) -> Path:
-        """Draw the DET curves of ``systems`` (name -> (scores, labels)) to ``png`` and add the
-        image to TensorBoard."""
+    def log_det(self, systems: dict[str, tuple[np.ndarray, np.ndarray]], epoch: int) -> str:
+        """Draw the DET curves of ``systems`` (name -> (scores, labels)) to ``det.png`` in the
+        run directory and add the image to TensorBoard; returns where the PNG went."""
         import matplotlib.image as mpimg
 
         from speakertune.scoring.plots import plot_det
 
-        png = Path(png)
-        plot_det(systems, png)
-        image = mpimg.imread(str(png))[..., :3]  # RGBA float in [0, 1] -> RGB
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp, "det.png")
+            plot_det(systems, png)
+            image = mpimg.imread(str(png))[..., :3]  # RGBA float in [0, 1] -> RGB
+            target = join(self.run_dir, "det.png")
+            storage.write_bytes(target, png.read_bytes())
         with self._writer(f".det{epoch:04d}") as writer:
             writer.add_image("val/det", image, epoch, dataformats="HWC")
-        return png
+        return target

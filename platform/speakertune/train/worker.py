@@ -32,6 +32,9 @@ REPORT_KEYS = (
 # Reported with every epoch: the id of this worker group's placement group, so that a sweep
 # can release exactly its own groups when Tune stops a trial (``search.ray_runtime``).
 PG_METRIC = "train_placement_group"
+# The Ray node this rank-0 worker ran the epoch on (in Tune's results and history.jsonl): shows
+# where a trial ran and where it resumed after losing a node.
+NODE_METRIC = "train_node_id"
 
 
 @dataclass
@@ -211,7 +214,7 @@ def _load_validation_cache(w: _Worker) -> dict[str, Any]:
 
 def _tensorboard(w: _Worker) -> TrialLog | None:
     if w.rank == 0 and w.meta.get("run_dir"):
-        return TrialLog(Path(w.meta["run_dir"]) / "tensorboard")
+        return TrialLog(w.meta["run_dir"])
     return None
 
 
@@ -342,7 +345,8 @@ def _report(w: _Worker, epoch: int, metrics: dict[str, Any], result: Any) -> Non
     """Report to Ray Train; rank 0 attaches the checkpoint and writes the progress files."""
     import ray.train
 
-    reported = {**metrics, PG_METRIC: _placement_group_id()}  # to Ray only, not the files
+    node = ray.get_runtime_context().get_node_id()
+    reported = {**metrics, PG_METRIC: _placement_group_id(), NODE_METRIC: node}
     if w.rank != 0:
         ray.train.report(reported, checkpoint=None)
         w.last_report = time.monotonic()
@@ -352,7 +356,7 @@ def _report(w: _Worker, epoch: int, metrics: dict[str, Any], result: Any) -> Non
         ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
     w.last_report = time.monotonic()
-    w.show.record(metrics)
+    w.show.record({**metrics, NODE_METRIC: node})
     w.show(f"epoch {epoch + 1}/{w.epochs}  loss {metrics['train_loss']:.3f}  "
            f"acc {metrics['train_acc']:.3f}  lr {metrics['lr']:.2e}  "
            f"EER cosine {100 * metrics['val_eer_cosine']:.2f}%  "
@@ -393,4 +397,4 @@ def _log_epoch(w: _Worker, log: TrialLog, epoch: int, metrics: dict[str, Any],
     if epoch + 1 == w.epochs:
         systems = {f"{k} (EER {100 * metrics[f'val_eer_{k}']:.1f}%)": (s, result.labels)
                    for k, s in result.scores.items()}
-        log.log_det(systems, Path(w.meta["run_dir"]) / "det.png", epoch + 1)
+        log.log_det(systems, epoch + 1)
