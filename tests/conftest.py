@@ -15,9 +15,16 @@ def ray_local():
     """A real local Ray cluster with 2 CPUs, shared by every test that needs Ray."""
     import ray
 
-    if not ray.is_initialized():
-        # address="local": never join a cluster some other `ray start` left in /tmp/ray
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # a loaded box can miss the raylet's fixed start-up window
+        if ray.is_initialized():
+            break
+        try:
+            # address="local": never join a cluster some other `ray start` left in /tmp/ray
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception on a start-up timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
 
