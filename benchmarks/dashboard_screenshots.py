@@ -120,7 +120,7 @@ def shrink(png: Path) -> None:
 
 def our_series(metrics_port: int) -> list[str]:
     text = get(f"http://127.0.0.1:{metrics_port}/metrics")
-    return [line for line in text.splitlines() if line.startswith("speakertune_")]
+    return [line for line in text.splitlines() if line.startswith("ray_speakertune_")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cpus", type=int, default=2, help="CPUs the private Ray head offers")
     p.add_argument("--out", default=str(REPO / "docs/img"), help="folder for the PNGs")
     p.add_argument("--timeout", type=float, default=1200, help="seconds to wait for an epoch")
+    p.add_argument("--finish", action="store_true",
+                   help="let the sweep finish, then print its trials' epoch lines")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     try:
         lines = wait_for(lambda: [s for s in our_series(ports["metrics-export-port"])
-                                  if s.startswith("speakertune_epoch{")],
+                                  if s.startswith("ray_speakertune_epoch{")],
                          args.timeout, "a trial's first epoch on the metrics endpoint")
         print("\n".join(lines), flush=True)
         for name, frag in PAGES.items():
@@ -157,6 +159,10 @@ def main(argv: list[str] | None = None) -> None:
             screenshot(f"{dash}/#/jobs/{running[-1]['job_id']}", out / "dashboard_job.png")
         (out / "train_runs.json").write_text(get(f"{dash}/api/train/v2/runs") + "\n")
         print(f"screenshots in {out}; sweep log {tmp / 'sweep.log'}", flush=True)
+        if args.finish:
+            sweep.wait(args.timeout * 3)
+            for log in sorted((tmp / "runs").glob("*/train_runs/*/progress.log")):
+                print(f"{log.parent.name}:\n{log.read_text()}", flush=True)
     finally:
         stop(sweep)
         stop(head)

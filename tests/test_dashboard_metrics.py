@@ -20,20 +20,25 @@ import yaml
 from speakertune.search import sweep
 from speakertune.search.space import load_space
 from speakertune.train import loop
+from speakertune.train.metrics import PROMETHEUS_PREFIX
 from test_sweep import _tiny_space
 
 
 def _scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
-    """``(name, labels, value)`` of every ``speakertune_*`` sample on the endpoint."""
+    """``(name, labels, value)`` of every ``ray_speakertune_*`` sample on the endpoint, the
+    name without Ray's prefix."""
     from prometheus_client.parser import text_string_to_metric_families
 
     url = f"http://127.0.0.1:{port}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    try:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError:  # a busy agent: the next poll will do
+        return []
     return [
-        (s.name, dict(s.labels), float(s.value))
+        (s.name.removeprefix(PROMETHEUS_PREFIX), dict(s.labels), float(s.value))
         for family in text_string_to_metric_families(text)
         for s in family.samples
-        if s.name.startswith("speakertune_")
+        if s.name.startswith(f"{PROMETHEUS_PREFIX}speakertune_")
     ]
 
 
@@ -71,7 +76,7 @@ def test_sweep_metrics_reach_the_prometheus_endpoint(ray_local, tiny_corpus: Pat
         time.sleep(1.0)
     runner.join(5)
     assert done and done[0].num_errors == 0
-    assert snapshots, "no speakertune series with sweep=dash on the endpoint during the sweep"
+    assert snapshots, f"no ray_speakertune_* series with sweep=dash on :{port}/metrics"
     trials = {trial for _, trial, _ in seen}
     assert len(trials) == 1 and re.fullmatch(r"t\d{3}-tdnn-(softmax|aam_softmax)", trials.pop())
     values = {(name, backend): v for (name, _, backend), v in seen.items()}

@@ -7,7 +7,10 @@ Every series is tagged ``sweep`` and ``trial`` (``t003-tdnn-aam_softmax``); dev 
 minDCF also by ``backend`` (``cosine``, ``plda`` and ``ranked``, the one the trial ranks on).
 Only the rank-0 worker exports (one series per trial), after its ``ray.train.report``.
 
-Ray prefixes nothing: the Prometheus names are the ``speakertune_*`` names below. Gauges
+Ray's metrics agent puts its namespace in front (``NAMESPACE = "ray"`` in
+``ray/_private/telemetry/open_telemetry_metric_recorder.py``), so ``speakertune_epoch`` is
+scraped as ``ray_speakertune_epoch`` (``PROMETHEUS_PREFIX``) and the counter gets the usual
+``_total``. Gauges
 live as long as the worker process that set them (Ray's metrics agent drops a gauge that
 its process stopped re-sending after two report intervals), so a finished trial's series
 ends there; Prometheus keeps the history.
@@ -19,6 +22,7 @@ import math
 import sys
 from typing import Any
 
+PROMETHEUS_PREFIX = "ray_"  # what Ray's metrics agent prepends to every name
 TAGS = ("sweep", "trial")
 # report key -> (Prometheus name, description); one gauge each, tagged sweep and trial.
 GAUGES = {
