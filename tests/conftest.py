@@ -8,6 +8,8 @@ import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Export ray.util.metrics every second (default 10 s): test_dashboard_metrics scrapes them.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ from speakertune.search.report import SweepResult, records_from_results, write_r
 from speakertune.search.sampler import SpaceSampler, trial_config
 from speakertune.search.space import SearchSpace
 from speakertune.train.driver import trial_resources
+from speakertune.train.metrics import metric_tags
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # what a Tune trial reserves for itself (bytes), no CPU
 TrainerFactory = Callable[..., Any]  # make_trainer(cfg, *, storage_path, name, callbacks, ...)
@@ -108,7 +109,8 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
     factory = spec["factory"]
     if factory is None:
         from speakertune.train.driver import make_trainer as factory
-    trial_id = tune.get_context().get_trial_id()
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
     if spec.get("autoscaling"):
         autoscaling_env()  # Train waits for the nodes the autoscaler is adding
     # A fixed Train run name per trial: a retried or resumed trial continues its own Train run
@@ -119,6 +121,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         name=trial_id,
         callbacks=[TuneReportCallback()],
         max_failures=spec["max_failures"],
+        metric_tags=metric_tags(ctx.get_experiment_name(), ctx.get_trial_name()),
     )
     trainer.fit()
 

@@ -150,9 +150,12 @@ def make_trainer(
     name: str,
     callbacks: list | None = None,
     max_failures: int = 2,
+    metric_tags: dict[str, str] | None = None,
 ):
     """A ``TorchTrainer`` for one trial; ``fit()`` runs it. ``callbacks`` are Ray Train
-    ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback`` inside a Tune trial)."""
+    ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback`` inside a Tune trial);
+    ``metric_tags`` tag its Ray dashboard metrics (``train.metrics``; default: no sweep,
+    the run ``name`` as trial)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -164,6 +167,7 @@ def make_trainer(
     _dry_build(cfg, meta)
     meta["run_dir"] = _run_dir(storage_path, name)
     meta["storage_uri"] = f"{storage_path.rstrip('/')}/{name}"
+    meta["metric_tags"] = metric_tags or {"sweep": "-", "trial": name}
     run_config = RunConfig(
         name=name,
         storage_path=storage_path,

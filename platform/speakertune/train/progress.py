@@ -35,6 +35,8 @@ SCALARS = {
     "val_min_dcf_cosine": "val/min_dcf_cosine",
     "val_min_dcf_plda": "val/min_dcf_plda",
     "epoch_time_s": "time/epoch_s",
+    "data_wait_frac": "time/data_wait_frac",
+    "utterances_per_s": "time/utterances_per_s",
     "skipped_utterances": "data/skipped_utterances",
 }
 

@@ -23,11 +23,13 @@ from torch import nn
 
 from speakertune.train.distributed import Dist
 from speakertune.train.loop import SpeakerNet, epoch_batches, run_epoch, steps_per_epoch
+from speakertune.train.metrics import export_epoch
 from speakertune.train.progress import Progress, TrialLog
 
 REPORT_KEYS = (
     "epoch", "train_loss", "train_acc", "lr", "val_eer", "val_eer_cosine", "val_eer_plda",
     "val_min_dcf_cosine", "val_min_dcf_plda", "num_params", "skipped_utterances", "epoch_time_s",
+    "data_wait_frac", "utterances_per_s",
 )
 # Reported with every epoch: the id of this worker group's placement group, so that a sweep
 # can release exactly its own groups when Tune stops a trial (``search.ray_runtime``).
@@ -243,9 +245,9 @@ def _train_epoch(w: _Worker, dist: Dist, epoch: int) -> dict[str, Any]:
                       steps_per_epoch=w.steps, total_steps=w.epochs * w.steps,
                       margin_warmup=w.margin_warmup, clip=float(w.cfg["trainer"]["grad_clip"] or 0),
                       after_first_step=first_step)
-    keys = ("loss_sum", "correct", "count", "unbatched_rows")
+    keys = ("loss_sum", "correct", "count", "unbatched_rows", "data_wait_s", "loop_s")
     local = [stats["loss_sum"], stats["correct"], stats["count"],
-             float(data_stats.get("unbatched_rows", 0))]
+             float(data_stats.get("unbatched_rows", 0)), stats["data_wait_s"], stats["loop_s"]]
     stats.update(zip(keys, dist.sum(local)))
     # Every worker has finished its shard (dist.sum is a barrier): collect this epoch's skips.
     skips = _pop_skipped(w.meta) if w.rank == 0 else None
@@ -320,6 +322,7 @@ def _score(w: _Worker, gathered: list[tuple[dict, dict]]) -> Any:
 
 def _epoch_metrics(w: _Worker, epoch: int, stats: dict[str, Any], t0: float) -> dict[str, Any]:
     """Training-side metrics of the epoch (the validation ones come from ``_validate``)."""
+    from speakertune.train.loop import throughput
     from speakertune.train.optim import margin_factor
 
     loss_sum, correct, count = stats["loss_sum"], stats["correct"], stats["count"]
@@ -332,7 +335,9 @@ def _epoch_metrics(w: _Worker, epoch: int, stats: dict[str, Any], t0: float) -> 
         "num_params": w.num_params,
         "skipped_utterances": stats["skipped"],
         "train_steps": stats["steps"],
+        "train_utterances": int(count),
         "epoch_time_s": time.perf_counter() - t0,
+        **throughput(stats, w.world),
     }
     if w.device.type == "cuda":  # this worker's peak over training and validation
         metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(w.device) / 2**20
@@ -356,12 +361,15 @@ def _report(w: _Worker, epoch: int, metrics: dict[str, Any], result: Any) -> Non
         ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
     w.last_report = time.monotonic()
+    export_epoch(w.meta.get("metric_tags"), metrics)
     w.show.record({**metrics, NODE_METRIC: node})
     w.show(f"epoch {epoch + 1}/{w.epochs}  loss {metrics['train_loss']:.3f}  "
            f"acc {metrics['train_acc']:.3f}  lr {metrics['lr']:.2e}  "
            f"EER cosine {100 * metrics['val_eer_cosine']:.2f}%  "
            f"plda {100 * metrics['val_eer_plda']:.2f}%  "
-           f"({metrics['epoch_time_s']:.1f} s, {metrics['train_steps']} steps/worker)")
+           f"({metrics['epoch_time_s']:.1f} s, {metrics['train_steps']} steps/worker, "
+           f"{metrics['utterances_per_s']:.0f} utt/s, "
+           f"data wait {100 * metrics['data_wait_frac']:.0f}%)")
 
 
 def _placement_group_id() -> str:
