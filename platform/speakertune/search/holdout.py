@@ -21,7 +21,7 @@ from speakertune.scoring.backends import enroll_ids
 from speakertune.scoring.metrics import bootstrap_ci
 
 
-def _score_one(ckpt: str, test: TestList, backend: str) -> dict[str, float]:
+def score_test_list(ckpt: str, test: TestList, backend: str) -> dict[str, float]:
     """EER, its 95% CI and minDCF(0.01) of one checkpoint on one test list."""
     from speakertune.scoring.evaluate import evaluate
 
@@ -56,7 +56,7 @@ def evaluate_test_lists(
     for i, row in top.iterrows():
         for name, test in tests.items():
             try:
-                r = _score_one(str(row["checkpoint"]), test, backend)
+                r = score_test_list(str(row["checkpoint"]), test, backend)
             except (ValueError, OSError) as exc:  # project errors are ValueErrors
                 log(f"test {name}: trial {row['trial']} not scored: {str(exc).splitlines()[0]}")
                 continue
