@@ -198,3 +198,35 @@ def test_multi_objective_sweep_then_finetune(ray_local, tiny_corpus: Path, tmp_p
     assert 0 < moved < 0.5 * dist(fresh, src.encoder), (moved, dist(fresh, src.encoder))
     md = (out / "finetune.md").read_text()
     assert "| dev |" in md and "loss.margin: 0.2 -> 0.4" in md and "%" in md
+
+
+def test_init_checkpoint_loads_encoder_and_a_fitting_head(tmp_path: Path) -> None:
+    """The worker's start from ``trainer.init_checkpoint`` (fine-tuning), without Ray."""
+    import types
+
+    from speakertune.checkpoint import save_checkpoint
+    from speakertune.config import resolve
+    from speakertune.losses import build_loss
+    from speakertune.models import build_encoder
+    from speakertune.scoring.latency import embedding_latency_ms
+    from speakertune.train import worker
+    from speakertune.train.loop import SpeakerNet
+
+    cfg = resolve({"model": {"name": "tdnn", "channels": 16, "out_channels": 32},
+                   "embed_dim": 16, "features": {"num_mel_bins": 24}})
+    enc, head = build_encoder(cfg["model"], cfg["pooling"], 24, 16), build_loss(cfg["loss"], 16, 5)
+    save_checkpoint(tmp_path, encoder=enc, loss=head, cfg=cfg, num_classes=5, feat_dim=24)
+    for classes, head_loaded in ((5, True), (7, False)):  # 7 classes: the head cannot fit
+        torch.manual_seed(1)
+        net = SpeakerNet(build_encoder(cfg["model"], cfg["pooling"], 24, 16),
+                         build_loss(cfg["loss"], 16, classes))
+        w = types.SimpleNamespace(net=net, device=torch.device("cpu"), show=None)
+        worker._init_from(w, str(tmp_path))
+        got, want = net.encoder.state_dict(), enc.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        same_head = all(torch.equal(a, b) for a, b in
+                        zip(net.loss.state_dict().values(), head.state_dict().values()))
+        assert same_head == head_loaded
+    threads = torch.get_num_threads()
+    ms = embedding_latency_ms(enc, cfg, repeats=2)
+    assert 0 < ms < 10_000 and torch.get_num_threads() == threads and enc.training
