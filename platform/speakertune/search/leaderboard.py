@@ -288,7 +288,7 @@ def plot_pareto(df: pd.DataFrame, objectives: list[str], path: str | Path) -> Pa
     order = np.argsort(x[front].to_numpy())
     ax.plot(x[front].to_numpy()[order], y[front].to_numpy()[order], "o-", color="tab:red",
             drawstyle="steps-post" if len(objectives) == 2 else "default",
-            label="Pareto front")
+            label="Pareto front", zorder=3)
     for xi, yi, t in zip(x[front], y[front], d["trial"][front]):
         ax.annotate(str(t), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if x.min() > 0 and x.max() / x.min() > 20:
