@@ -12,6 +12,7 @@ COMMANDS = {
     "prepare": "prepare a corpus: manifest.parquet (+ trials.txt)",
     "train": "train one configuration with Ray Train",
     "sweep": "run a hyperparameter sweep (--check: validate and print the plan)",
+    "finetune": "large-margin fine-tuning of a checkpoint (before/after EER report)",
     "evaluate": "evaluate a checkpoint on a trial list (EER, minDCF, DET, t-SNE)",
     "diarize": "diarize recordings with a checkpoint (RTTM, DER)",
     "explain": "attribution maps (saliency, Grad-CAM, ...) for a checkpoint",

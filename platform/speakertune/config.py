@@ -131,10 +131,23 @@ DEFAULTS: dict[str, Any] = {
         # corpus, and bounds the per-epoch embedding time alike.
         "val_max_seconds": 6.0,
         "checkpoints_to_keep": 2,
+        # a checkpoint directory whose encoder (and loss head, when its shape fits) a run
+        # starts from, with a fresh optimiser and schedule: large-margin fine-tuning sets it
+        "init_checkpoint": None,
         "fail_at_epoch": None,  # tests only: one worker exits in this epoch once
         "fail_marker": None,
     },
     "backend": {"cosine": {"mean_norm": True}, "plda": {"lda_dim": 128}},
+    # Large-margin fine-tuning (train.finetune; WeSpeaker / IDLab recipes): a few more epochs
+    # from a checkpoint with longer crops, a larger margin (aam/am softmax) and a lower LR. A
+    # space's `finetune:` section runs it for its top_k trials after the sweep.
+    "finetune": {
+        "top_k": 1,
+        "epochs": 2,
+        "margin": 0.5,
+        "crop_seconds": 6.0,  # training crops of exactly this length (short utterances tile)
+        "lr_scale": 0.1,  # times the checkpoint's optimizer.lr
+    },
 }
 
 

@@ -25,7 +25,7 @@ from speakertune.scoring.backends import enroll_ids
 from speakertune.scoring.metrics import bootstrap_ci
 
 
-def _score_one(ckpt: str, test: TestList, backend: str, dev: Any = None) -> dict[str, Any]:
+def score_test_list(ckpt: str, test: TestList, backend: str, dev: Any = None) -> dict[str, Any]:
     """EER, its 95% CI and minDCF(0.01) of one checkpoint on one test list; with ``dev`` (its
     ``EvalResult`` on the dev trials, and the dev utterances) also calibrated reports."""
     from speakertune.scoring.evaluate import evaluate
@@ -80,7 +80,7 @@ def evaluate_test_lists(
             log(f"dev trials: trial {row['trial']} not calibrated: {str(exc).splitlines()[0]}")
         for name, test in tests.items():
             try:
-                r = _score_one(str(row["checkpoint"]), test, backend, dev)
+                r = score_test_list(str(row["checkpoint"]), test, backend, dev)
             except (ValueError, OSError) as exc:  # project errors are ValueErrors
                 log(f"test {name}: trial {row['trial']} not scored: {str(exc).splitlines()[0]}")
                 continue

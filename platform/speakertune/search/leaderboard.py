@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from speakertune.checkpoint import load_val_scores
+from speakertune.search.objectives import OBJECTIVES, metric_keys, pareto_mask
 
 METRIC_COLUMNS = (
     "val_eer",  # the dev EER of search.backend: what the sweep ranks on
@@ -29,8 +30,8 @@ METRIC_COLUMNS = (
     "val_min_dcf_plda",
 )
 COLUMNS = (
-    "rank", "trial", "params", *METRIC_COLUMNS, "num_params", "epochs", "best_epoch",
-    "stopped_early", "status", "cpu_h", "gpu_h", "checkpoint",
+    "rank", "trial", "params", *METRIC_COLUMNS, "num_params", "latency_ms", "epochs",
+    "best_epoch", "stopped_early", "status", "cpu_h", "gpu_h", "checkpoint",
 )  # fmt: skip
 
 
@@ -67,8 +68,12 @@ def rank_trials(
     metric: str = "val_eer",
     mode: str = "min",
     max_t: int | None = None,
+    objectives: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per trial, best first by each trial's best epoch; unreported trials last."""
+    """One row per trial, best first by each trial's best epoch; unreported trials last.
+
+    With ``objectives`` (``search.objectives``) a ``pareto`` column marks the trials whose
+    best-epoch values no other trial beats in every objective."""
     rows = []
     for r in records:
         best = _best_row(r.history, metric, mode)
@@ -77,6 +82,7 @@ def rank_trials(
             "trial": r.trial_id,
             "params": _fmt_params(r.params),
             "num_params": None,
+            "latency_ms": math.nan,
             "epochs": epochs,
             "best_epoch": None,
             "status": r.status if not r.error else f"{r.status}: {r.error.splitlines()[0][:80]}",
@@ -92,6 +98,7 @@ def rank_trials(
             row[c] = float(best[c]) if best is not None and c in best else math.nan
         if best is not None:
             row["num_params"] = int(best["num_params"]) if "num_params" in best else None
+            row["latency_ms"] = float(best["latency_ms"]) if "latency_ms" in best else math.nan
             row["best_epoch"] = int(best["epoch"]) if "epoch" in best else None
             ckpt = best.get("checkpoint_path")
             row["checkpoint"] = ckpt if isinstance(ckpt, str) and ckpt else None
@@ -101,7 +108,11 @@ def rank_trials(
     df = df.assign(_k=key).sort_values("_k", na_position="last", kind="stable").drop(columns="_k")
     df.insert(0, "rank", range(1, len(df) + 1))
     df.loc[df[metric].isna(), "rank"] = None
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    if objectives:
+        values = df[metric_keys(objectives)].astype(float).to_numpy()
+        df["pareto"] = pareto_mask(values) & df["rank"].notna().to_numpy()
+    return df
 
 
 def _finite(v: Any) -> bool:
@@ -127,6 +138,10 @@ def _cell(v: Any, col: str) -> str:
         return f"{v:.3f}"
     if col == "num_params":
         return f"{int(v):,}"
+    if col == "latency_ms":
+        return f"{v:.1f}"
+    if col == "pareto":
+        return "yes" if v else ""
     if col in ("rank", "epochs", "best_epoch"):
         return str(int(v))
     if col == "stopped_early":
@@ -140,15 +155,17 @@ MD_COLUMNS = [c for c in COLUMNS if c not in ("checkpoint", "val_eer_low", "val_
 def to_markdown(df: pd.DataFrame) -> str:
     tests = [c[len("test_"):-len("_eer")] for c in df.columns
              if c.startswith("test_") and c.endswith("_eer")]  # reported after the sweep
+    pareto = ["pareto"] if "pareto" in df.columns else []  # multi-objective sweeps only
     head = ["rank", "trial", "params", "dev EER [95% CI]", "EER cos", "EER PLDA", "minDCF cos",
-            "minDCF PLDA", "params #", "epochs", "best ep", "ASHA stop", "status", "CPU-h",
-            "GPU-h", *(f"test {t} EER [CI]" for t in tests)]  # fmt: skip
+            "minDCF PLDA", "params #", "latency ms", "epochs", "best ep", "ASHA stop", "status",
+            "CPU-h", "GPU-h", *(f"test {t} EER [CI]" for t in tests), *pareto]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in df.iterrows():
         cells = [eer_with_ci(row["val_eer"], row["val_eer_low"], row["val_eer_high"])
                  if c == "val_eer" else _cell(row[c], c) for c in MD_COLUMNS]
         cells += [eer_with_ci(row[f"test_{t}_eer"], row[f"test_{t}_low"], row[f"test_{t}_high"])
                   for t in tests]
+        cells += [_cell(row[c], c) for c in pareto]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -246,6 +263,46 @@ def _bar_chart(imp: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
+AXIS_LABELS = {"num_params": "encoder parameters", "latency_ms": "latency (ms, 3 s, 1 thread)"}
+
+
+def plot_pareto(df: pd.DataFrame, objectives: list[str], path: str | Path) -> Path | None:
+    """``pareto.png``: dev EER (95% CI bars) against the first objective that is not
+    ``dev_eer``, one dot per ranked trial, the Pareto-optimal ones (``pareto`` column, over all
+    objectives) highlighted and joined. None when fewer than one trial has both values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key = OBJECTIVES[next(o for o in objectives if o != "dev_eer")]
+    d = df[df["rank"].notna()].dropna(subset=[x_key, "val_eer"])
+    if d.empty:
+        return None
+    x, y = d[x_key].astype(float), 100 * d["val_eer"].astype(float)
+    err = [(y - 100 * d["val_eer_low"]).clip(lower=0).fillna(0),
+           (100 * d["val_eer_high"] - y).clip(lower=0).fillna(0)]
+    front = d["pareto"].astype(bool).to_numpy()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.errorbar(x, y, yerr=err, fmt="o", color="0.6", ecolor="0.8", label="trial")
+    order = np.argsort(x[front].to_numpy())
+    ax.plot(x[front].to_numpy()[order], y[front].to_numpy()[order], "o-", color="tab:red",
+            drawstyle="steps-post" if len(objectives) == 2 else "default",
+            label="Pareto front", zorder=3)
+    for xi, yi, t in zip(x[front], y[front], d["trial"][front]):
+        ax.annotate(str(t), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if x.min() > 0 and x.max() / x.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(AXIS_LABELS.get(x_key, x_key))
+    ax.set_ylabel("dev EER (%)")
+    ax.set_title(f"Pareto front over {', '.join(objectives)}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def _best_backend(row: pd.Series) -> str:
     cos, plda = row.get("val_eer_cosine"), row.get("val_eer_plda")
     if plda is not None and not pd.isna(plda) and (cos is None or pd.isna(cos) or plda <= cos):
@@ -278,7 +335,7 @@ def det_top(
     return Path(plot_det(systems, out_path, title="Top trials (validation)"))
 
 
-def _local_copy(src: str, dest: str | Path) -> Path:
+def copy_checkpoint(src: str, dest: str | Path) -> Path:
     """Copy a checkpoint directory (local path or ``s3://...`` URI) to the local ``dest``."""
     dest = Path(dest)
     shutil.rmtree(dest, ignore_errors=True)
@@ -298,7 +355,7 @@ def export_best(row: pd.Series, dest: str | Path) -> Path | None:
     src = row.get("checkpoint")
     if not isinstance(src, str) or not src:
         return None
-    dest = _local_copy(src, dest)
+    dest = copy_checkpoint(src, dest)
     from speakertune.redact import redact_config
 
     info = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}  # JSON types

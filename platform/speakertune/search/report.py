@@ -78,7 +78,9 @@ def write_report(
     s = space.search
     asha = space.scheduler.get("asha")  # absent for FIFO; when present, max_t is always set
     max_t = asha["max_t"] if asha else space.trial_config({})["trainer"]["epochs"]
-    df = lb.rank_trials(records, metric=s["metric"], mode=s["mode"], max_t=max_t)
+    objectives = s.get("objectives")
+    df = lb.rank_trials(records, metric=s["metric"], mode=s["mode"], max_t=max_t,
+                        objectives=objectives)
     df, test_file = _test_lists(df, space, report_dir, log)
     files: dict[str, Path | None] = dict(
         lb.write_leaderboard(df, report_dir, title=f"Sweep {name}")
@@ -91,11 +93,13 @@ def write_report(
     files["det"] = (
         lb.det_top(df, report_dir / "det_top.png", top=det_top_n, log=log) if det_top_n else None
     )
+    if objectives:  # multi-objective: the trade-off, front highlighted
+        files["pareto"] = lb.plot_pareto(df, objectives, report_dir / "pareto.png")
     best = df[df["checkpoint"].notna()].head(1)
     files["best"] = lb.export_best(best.iloc[0], report_dir / "best") if len(best) else None
     errors = sum(r.status == "ERROR" for r in records)
     log(f"leaderboard: {files['markdown']}  ({len(records)} trials, {errors} failed)")
-    for key in ("csv", "importances", "test_results", "det", "best"):
+    for key in ("csv", "importances", "test_results", "det", "pareto", "best"):
         if files.get(key):
             log(f"{key}: {files[key]}")
     return SweepResult(name, exp_path, report_dir, df, files, errors)

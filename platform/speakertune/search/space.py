@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml
+from speakertune.search.objectives import objective_error
 
 
 def _spaces_dir() -> Path:
@@ -48,6 +49,7 @@ TOP_KEYS = (
     "search",
     "scheduler",
     "resources",
+    "finetune",
 )
 SEARCH_DEFAULTS: dict[str, Any] = {
     "num_samples": 4,
@@ -63,6 +65,9 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     # after the sweep, the best-dev-epoch checkpoints of the top k trials are scored once on
     # each data.test list (reported in the leaderboard and test_results.md, never ranked on)
     "test_top_k": 3,
+    # several objectives (search.objectives): Optuna searches for the trade-off, e.g.
+    # [dev_eer, params] or [dev_eer, latency_ms]; None: the one metric above
+    "objectives": None,
 }
 ASHA_KEYS = ("grace_period", "reduction_factor", "max_t")
 
@@ -92,6 +97,8 @@ class SearchSpace:
     scheduler: dict[str, Any]  # {"asha": {...}} or {} for FIFO
     resources: dict[str, Any]
     description: str = ""
+    # large-margin fine-tuning of the top trials after the sweep (train.finetune), or None
+    finetune: dict[str, Any] | None = None
     # section -> component name -> kwargs used whenever that component is chosen
     components: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
@@ -277,6 +284,9 @@ def _parse_search(source: str, raw: Any) -> dict[str, Any]:
         raise _fail(source, "search.backend", f"must be cosine or plda, got {s['backend']!r}")
     if not isinstance(s["seed"], int) or isinstance(s["seed"], bool):
         raise _fail(source, "search.seed", f"must be an integer, got {s['seed']!r}")
+    why = objective_error(s["objectives"])
+    if why:
+        raise _fail(source, "search.objectives", why)
     t = s["time_limit_s"]
     if t is not None and (not _is_num(t) or t <= 0):
         raise _fail(source, "search.time_limit_s", f"must be a positive number, got {t!r}")
@@ -374,7 +384,20 @@ def parse_space(
         resources=resources,
         description=str(data.get("description", "")),
         components=components,
+        finetune=_parse_finetune(source, data),
     )
+
+
+def _parse_finetune(source: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``finetune:`` section over ``DEFAULTS["finetune"]`` (None when absent)."""
+    if "finetune" not in data:
+        return None
+    from speakertune.train.finetune import finetune_settings
+
+    try:
+        return finetune_settings(data["finetune"])
+    except ConfigError as exc:
+        raise SpaceError(f"{source}: {exc}") from None
 
 
 def _check_roles(source: str, base: dict[str, Any], params: dict[str, Any]) -> None:

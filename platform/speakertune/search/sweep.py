@@ -34,6 +34,7 @@ from speakertune.search.cluster import (
     cluster_concurrency,
     find_autoscaler_config,
 )
+from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
     FinishedTrialLine,
     PlacementGroupReaper,
@@ -235,17 +236,19 @@ def _new_tuner(
     sampler = optuna.samplers.TPESampler(
         seed=s["seed"], n_startup_trials=max(2, min(10, s["num_samples"] // 3))
     )
-    searcher = OptunaSearch(
-        space=SpaceSampler(space), metric=s["metric"], mode=s["mode"], sampler=sampler
-    )
+    # Several objectives (search.objectives): Optuna's multi-objective TPE gets the metric
+    # list, ASHA keeps its one metric and Tune itself has none (Ray's documented pattern).
+    metric, mode = searcher_target(s)
+    searcher = OptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode, sampler=sampler)
+    own = {"metric": s["metric"], "mode": s["mode"]} if isinstance(metric, list) else {}
     asha = space.scheduler.get("asha")  # {} means FIFO
     # epochs, not Tune iterations: a resumed Train run keeps counting where it was
-    scheduler = ASHAScheduler(time_attr="epoch", **asha) if asha else FIFOScheduler()
+    scheduler = ASHAScheduler(time_attr="epoch", **own, **asha) if asha else FIFOScheduler()
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=s["metric"],
-            mode=s["mode"],
+            metric=None if own else s["metric"],
+            mode=None if own else s["mode"],
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=s["num_samples"],
@@ -337,6 +340,11 @@ def run_sweep(
         det_top_n=det_top,
         log=log,
     )
+    if space.finetune and space.finetune["top_k"]:
+        from speakertune.train.finetune import finetune_top
+
+        result.files.update(finetune_top(result.leaderboard, space.finetune,
+                                         report_dir=report_dir, storage_path=exp_path, log=log))
     fast = " --load_fast=false" if _is_uri(train_root) else ""  # its fast loader skips S3
     log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")
     return result

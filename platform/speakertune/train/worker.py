@@ -28,8 +28,8 @@ from speakertune.train.progress import Progress, TrialLog
 
 REPORT_KEYS = (
     "epoch", "train_loss", "train_acc", "lr", "val_eer", "val_eer_cosine", "val_eer_plda",
-    "val_min_dcf_cosine", "val_min_dcf_plda", "num_params", "skipped_utterances", "epoch_time_s",
-    "data_wait_frac", "utterances_per_s",
+    "val_min_dcf_cosine", "val_min_dcf_plda", "num_params", "latency_ms", "skipped_utterances",
+    "epoch_time_s", "data_wait_frac", "utterances_per_s",
 )
 # Reported with every epoch: the id of this worker group's placement group, so that a sweep
 # can release exactly its own groups when Tune stops a trial (``search.ray_runtime``).
@@ -59,6 +59,7 @@ class _Worker:
     model: nn.Module | None = None  # ``net`` wrapped for DDP, once resumed
     frontend: Any = None  # BatchFrontEnd when this worker augments and featurises on its device
     last_report: float = 0.0  # time.monotonic() of the last ray.train.report
+    latency_ms: float | None = None  # embedding latency (search objective), measured once
 
     @property
     def epochs(self) -> int:
@@ -98,6 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stats = _train_epoch(w, dist, epoch)
         metrics, result = _validate(w, dist, cache)
         metrics.update(_epoch_metrics(w, epoch, stats, t0))
+        metrics["latency_ms"] = _latency_ms(w, dist)
         _report(w, epoch, metrics, result)
         if log:
             _log_epoch(w, log, epoch, metrics, result)
@@ -173,6 +175,7 @@ def _resume(w: _Worker) -> int:
 
     ckpt = ray.train.get_checkpoint()
     if not ckpt:
+        _init_from(w, w.cfg["trainer"]["init_checkpoint"])
         return 0
     with ckpt.as_directory() as d:
         loaded = load_checkpoint(d, map_location=w.device)
@@ -187,6 +190,26 @@ def _resume(w: _Worker) -> int:
     if w.show:
         w.show(f"resumed from checkpoint after epoch {start_epoch}")
     return start_epoch
+
+
+def _init_from(w: _Worker, path: str | None) -> None:
+    """A fresh run that starts from a checkpoint's weights (``trainer.init_checkpoint``, e.g.
+    fine-tuning): encoder always, loss head when its shape fits; optimiser and schedule new."""
+    if not path:
+        return
+    from speakertune.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, map_location=w.device)
+    w.net.encoder.load_state_dict(loaded.encoder.state_dict())
+    head = w.net.loss.state_dict()
+    fits = bool(loaded.loss_state) and all(
+        k in loaded.loss_state and loaded.loss_state[k].shape == v.shape for k, v in head.items()
+    )
+    if fits:
+        w.net.loss.load_state_dict(loaded.loss_state)
+    if w.show:
+        w.show(f"initialised from {path} (encoder"
+               f"{' and loss head' if fits else '; loss head new: its shape differs'})")
 
 
 def _prepare_ddp(net: SpeakerNet) -> nn.Module:
@@ -344,6 +367,17 @@ def _epoch_metrics(w: _Worker, epoch: int, stats: dict[str, Any], t0: float) -> 
     if w.end_to_end:
         metrics["unbatched_rows"] = int(stats["unbatched_rows"])  # rows no N x M batch took
     return metrics
+
+
+def _latency_ms(w: _Worker, dist: Dist) -> float:
+    """The ``latency_ms`` objective: rank 0 times the trained encoder once (it depends on the
+    architecture, not the weights) and every rank reports the same number."""
+    if w.latency_ms is None:
+        from speakertune.scoring.latency import embedding_latency_ms
+
+        mine = embedding_latency_ms(w.net.encoder, w.cfg) if w.rank == 0 else None
+        w.latency_ms = float(dist.broadcast(mine))
+    return w.latency_ms
 
 
 def _report(w: _Worker, epoch: int, metrics: dict[str, Any], result: Any) -> None:
