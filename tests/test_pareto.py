@@ -210,7 +210,7 @@ def test_init_checkpoint_loads_encoder_and_a_fitting_head(tmp_path: Path) -> Non
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
     from speakertune.scoring.latency import embedding_latency_ms
-    from speakertune.train import worker
+    from speakertune.train import restore
     from speakertune.train.loop import SpeakerNet
 
     cfg = resolve({"model": {"name": "tdnn", "channels": 16, "out_channels": 32},
@@ -222,7 +222,7 @@ def test_init_checkpoint_loads_encoder_and_a_fitting_head(tmp_path: Path) -> Non
         net = SpeakerNet(build_encoder(cfg["model"], cfg["pooling"], 24, 16),
                          build_loss(cfg["loss"], 16, classes))
         w = types.SimpleNamespace(net=net, device=torch.device("cpu"), show=None)
-        worker._init_from(w, str(tmp_path))
+        restore.init_from(w, str(tmp_path))
         got, want = net.encoder.state_dict(), enc.state_dict()
         assert all(torch.equal(got[k], want[k]) for k in want)
         same_head = all(torch.equal(a, b) for a, b in

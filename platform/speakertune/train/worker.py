@@ -25,6 +25,7 @@ from speakertune.train.distributed import Dist
 from speakertune.train.loop import SpeakerNet, epoch_batches, run_epoch, steps_per_epoch
 from speakertune.train.metrics import export_epoch
 from speakertune.train.progress import Progress, TrialLog
+from speakertune.train.restore import resume
 
 REPORT_KEYS = (
     "epoch", "train_loss", "train_acc", "lr", "val_eer", "val_eer_cosine", "val_eer_plda",
@@ -88,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     install_redaction()  # worker processes have their own log handlers
     silence_train_worker()  # Ray's deprecations and INFO lines, unless the sweep is --verbose
     w = _build(config["cfg"], config["meta"])
-    start_epoch = _resume(w)
+    start_epoch = resume(w)
     w.model = _prepare_ddp(w.net)
     cache = _load_validation_cache(w)
     log = _tensorboard(w)
@@ -165,51 +166,6 @@ class _OnDevice:
             feats = self.frontend(raw)
             yield {"feats": feats.cpu().numpy() if self.to_numpy else feats,
                    "label": raw["label"]}  # fmt: skip
-
-
-def _resume(w: _Worker) -> int:
-    """Load the latest checkpoint of this run, if any; returns the epoch to start at."""
-    import ray.train
-
-    from speakertune.checkpoint import load_checkpoint
-
-    ckpt = ray.train.get_checkpoint()
-    if not ckpt:
-        _init_from(w, w.cfg["trainer"]["init_checkpoint"])
-        return 0
-    with ckpt.as_directory() as d:
-        loaded = load_checkpoint(d, map_location=w.device)
-        w.net.encoder.load_state_dict(loaded.encoder.state_dict())
-        if loaded.loss_state:
-            w.net.loss.load_state_dict(loaded.loss_state)
-        state = loaded.train_state or {}
-    w.optimizer.load_state_dict(state["optimizer"])
-    w.scheduler.load_state_dict(state["scheduler"])
-    w.scaler.load_state_dict(state["scaler"])
-    start_epoch = int(state["epoch"])
-    if w.show:
-        w.show(f"resumed from checkpoint after epoch {start_epoch}")
-    return start_epoch
-
-
-def _init_from(w: _Worker, path: str | None) -> None:
-    """A fresh run that starts from a checkpoint's weights (``trainer.init_checkpoint``, e.g.
-    fine-tuning): encoder always, loss head when its shape fits; optimiser and schedule new."""
-    if not path:
-        return
-    from speakertune.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(path, map_location=w.device)
-    w.net.encoder.load_state_dict(loaded.encoder.state_dict())
-    head = w.net.loss.state_dict()
-    fits = bool(loaded.loss_state) and all(
-        k in loaded.loss_state and loaded.loss_state[k].shape == v.shape for k, v in head.items()
-    )
-    if fits:
-        w.net.loss.load_state_dict(loaded.loss_state)
-    if w.show:
-        w.show(f"initialised from {path} (encoder"
-               f"{' and loss head' if fits else '; loss head new: its shape differs'})")
 
 
 def _prepare_ddp(net: SpeakerNet) -> nn.Module:
