@@ -68,9 +68,14 @@ def test_good_lists_pass_and_are_summarised(prepared, tmp_path, capsys):
     ("no training speakers", r"base\.data\.val_speakers: val_speakers=2: need 2 <= val_speakers "
                              r"< number of speakers \(1\)$"),
 ])
-def test_bad_entry_fails_before_ray_in_one_line(prepared, tmp_path, capsys, case, pattern):
-    import ray
+def test_bad_entry_fails_before_ray_in_one_line(prepared, tmp_path, capsys, monkeypatch, case,
+                                                pattern):
+    from speakertune.search import sweep as sweep_mod
 
+    def tripwire(*args, **kwargs):  # a real run (no --check) must stop before starting Ray
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(sweep_mod, "init_ray", tripwire)
     data, lines, df = prepared
     test_txt = tmp_path / "test.txt"
     if case == "missing trials":
@@ -95,12 +100,12 @@ def test_bad_entry_fails_before_ray_in_one_line(prepared, tmp_path, capsys, case
             o = sorted(df.loc[df["spk"] == spk[0 if i > 1 else 2], "utt"])
             (tmp_path / f"t{i}.txt").write_text(f"1 {u[0]} {u[1]}\n0 {u[0]} {o[0]}\n")
             data["test"][f"t{i}"] = {"trials": str(tmp_path / f"t{i}.txt")}
-    rc, out, err = _check(tmp_path, data, capsys)
+    rc = sweep_cmd.main(["--space", str(_space(tmp_path, data)), "--storage", str(tmp_path / "r")])
+    err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     msg = err.strip()
     assert "\n" not in msg and msg.startswith(f"error: {tmp_path / 'space.yaml'}: ")
     assert __import__("re").search(pattern, msg), msg
-    assert not ray.is_initialized()  # caught on the driver, before Ray starts
 
 
 def test_synthetic_corpus_lists_checked_without_building(tmp_path):
