@@ -10,7 +10,7 @@ set -euo pipefail
 PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/speakertune_gpu}
 BUNDLE=${BUNDLE:-benchmarks/gpu/bundle}
-RUN_TIMEOUT=${RUN_TIMEOUT:-150}  # seconds per training run; three runs + setup < 8 minutes
+RUN_TIMEOUT=${RUN_TIMEOUT:-120}  # seconds per training run; three runs + setup < 8 minutes
 T0=$(date +%s)
 stamp() { echo "[gpu-check +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -20,7 +20,20 @@ rm -rf "$WORK" && mkdir -p "$WORK/site"
 # --target: the bundle goes in its own folder on PYTHONPATH (which Ray's workers inherit), over
 # the machine's preinstalled torch/torchaudio/pandas/pyarrow/numpy/scipy. --no-deps: the bundle
 # is the complete set (checked when it was built); nothing is fetched.
-$PY -m pip install --quiet --no-index --no-deps --target "$WORK/site" "$BUNDLE"/*.whl
+if $PY -m pip --version > /dev/null 2>&1; then
+  $PY -m pip install --quiet --no-index --no-deps --target "$WORK/site" "$BUNDLE"/*.whl
+else  # no pip there: unpack the wheels, keeping the executable bits of Ray's binaries
+  $PY - "$WORK/site" "$BUNDLE"/*.whl <<'EOF'
+import os, sys, zipfile
+for whl in sys.argv[2:]:
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            path = z.extract(info, sys.argv[1])
+            mode = (info.external_attr >> 16) & 0o777
+            if mode:
+                os.chmod(path, mode)
+EOF
+fi
 export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 export RAY_USAGE_STATS_ENABLED=0
 stamp "bundle installed"
