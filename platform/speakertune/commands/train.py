@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
           f"EER PLDA: {100 * out['val_eer_plda']:.2f}%  "
           f"minDCF(0.01) cosine {out['val_min_dcf_cosine']:.3f} "
           f"PLDA {out['val_min_dcf_plda']:.3f}")
+    if out.get("gpu_peak_mem_mb") is not None:  # the last epoch's report, through Ray Train
+        print(f"gpu_peak_mem_mb: {out['gpu_peak_mem_mb']:.0f}  "
+              f"utterances/s: {out.get('utterances_per_s', float('nan')):.0f}")
     print(f"checkpoint: {out['checkpoint']}\nbest checkpoint: {out['best_checkpoint']}")
     print(f"tensorboard --logdir {out['run_dir']}/tensorboard")
     return 0

@@ -147,10 +147,17 @@ class TrialLog:
                 if value is not None and np.isfinite(value):
                     writer.add_scalar(tag, float(value), epoch)
 
-    def log_det(self, systems: dict[str, tuple[np.ndarray, np.ndarray]], epoch: int) -> str:
+    def log_det(self, systems: dict[str, tuple[np.ndarray, np.ndarray]],
+                epoch: int) -> str | None:
         """Draw the DET curves of ``systems`` (name -> (scores, labels)) to ``det.png`` in the
-        run directory and add the image to TensorBoard; returns where the PNG went."""
-        import matplotlib.image as mpimg
+        run directory and add the image to TensorBoard; returns where the PNG went (None, with
+        a printed line, where matplotlib is not installed: the slim offline GPU bundle of
+        benchmarks/gpu trains without it)."""
+        try:
+            import matplotlib.image as mpimg
+        except ImportError:
+            sys.stdout.write("[speakertune] det.png skipped: matplotlib is not installed\n")
+            return None
 
         from speakertune.scoring.plots import plot_det
 
