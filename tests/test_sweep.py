@@ -168,16 +168,18 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(
 def test_invalid_space_fails_before_ray_starts(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"params": {"model.name": {"choice": ["ecapa_tdnnn"]}}}))
-    t0 = time.monotonic()
+    # An unreachable RAY_ADDRESS: had the job got as far as Ray, it would fail differently
+    # (no timing: speed belongs in benchmarks, and a loaded CI box is slow to import torch).
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
     out = subprocess.run(
         [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(bad)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.yaml: params.model.name.choice: unknown model" in lines[0]
     assert "did you mean" in lines[0] or "ecapa_tdnn" in lines[0]
-    assert "Ray" not in out.stdout and time.monotonic() - t0 < 30
+    assert "Ray" not in out.stdout
 
 
 def test_absolute_data_paths(tmp_path: Path) -> None:
