@@ -80,7 +80,7 @@ class SeaweedS3:
         cmd = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false",
                "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=32",
-               "-volume.max=8"]  # fmt: skip
+               "-volume.max=100"]  # fmt: skip  # each bucket takes volumes of its own
         cmd += [f"-{k}={v}" for k, v in ports.items()] + list(self.extra_args)
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(

@@ -15,8 +15,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a checkout holds beyond its sources (.gitignore): not part of a build
-NOT_SOURCES = (".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
-               "build", "data", "runs")
+NOT_SOURCES = (".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache")
+ROOT_ONLY = ("build", "data", "runs")  # only at the top: speakertune/data is a package
+
+
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    skip = shutil.ignore_patterns(*NOT_SOURCES)(folder, names)
+    return skip | ({n for n in names if n in ROOT_ONLY} if Path(folder) == ROOT else set())
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -31,7 +36,7 @@ def test_wheel_runs_commands_outside_the_checkout(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    shutil.copytree(ROOT, src, symlinks=True, ignore=_not_sources)
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", dist, src], tmp_path, env)
