@@ -325,6 +325,9 @@ def test_rank_trials_and_importances(tmp_path: Path) -> None:
     assert "| 1 | c |" in md and "| 10.00% [9.6, 10.5] |" in md and "dev EER [95% CI]" in md
     csv = pd.read_csv(files["csv"])
     assert list(csv["val_eer_low"][:1]) == [pytest.approx(0.096)]
+    # a tie: Ray Train's retention deletes the earlier checkpoint first, so the later one wins
+    tie = lb.rank_trials([_record("t", [0.3, 0.2, 0.2], {})], metric="val_eer", mode="min")
+    assert tie["best_epoch"][0] == 3 and tie["checkpoint"][0] == "/ck/t/2"
     imp, reason = lb.param_importances(recs, space)
     assert not reason and set(imp) == {"loss.name", "optimizer.lr"}  # margin is conditional
     assert math.isclose(sum(imp.values()), 1.0, rel_tol=1e-6)

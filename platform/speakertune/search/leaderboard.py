@@ -52,7 +52,10 @@ def _best_row(h: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
     if metric not in h or h[metric].notna().sum() == 0:
         return None
     col = h[metric].astype(float)
-    return h.loc[col.idxmin() if mode == "min" else col.idxmax()]
+    tied = h[col == (col.min() if mode == "min" else col.max())]
+    # On a tie Ray Train's retention (checkpoint_score_attribute, num_to_keep) deletes the
+    # earlier checkpoint first, so the latest tied epoch is the one whose checkpoint exists.
+    return tied.iloc[-1]
 
 
 def _fmt_params(params: dict[str, Any]) -> str:
