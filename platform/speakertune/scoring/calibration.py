@@ -34,7 +34,7 @@ import pandas as pd
 from speakertune.scoring import metrics
 
 log = logging.getLogger(__name__)
-P_TARGET = 0.01  # the prior decisions and the weighting of the fit are for (as validation's)
+P_TARGET = metrics.P_TARGET  # the prior decisions and the fit's weighting are for
 FAR = 0.01  # the default false-accept rate of the "far" threshold
 L2 = 1e-6  # keeps the fit finite when dev scores separate the classes perfectly
 CALIBRATION_FILE = "calibration.json"

@@ -16,6 +16,9 @@ class MetricError(ValueError):
     """Scores/labels that cannot be evaluated; the message names the field."""
 
 
+# The operating point of minDCF in validation, and of calibration and decisions (p_target).
+P_TARGET = 0.01
+
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()

@@ -32,7 +32,7 @@ from speakertune.scoring.backends import enroll_ids, score_trials
 from speakertune.scoring.ranking import VAL_BACKENDS, ranked_backend
 
 log = logging.getLogger(__name__)
-P_TARGET = 0.01
+P_TARGET = metrics.P_TARGET
 EvalFeatures = embed.Features  # utt -> [frames, dims] features, and utt -> skip reason
 _reported: set[str] = set()  # backend failure reasons already logged by this process
 
