@@ -19,6 +19,7 @@ class MetricError(ValueError):
 # The operating point of minDCF in validation, and of calibration and decisions (p_target).
 P_TARGET = 0.01
 
+
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel()
