@@ -25,6 +25,7 @@ BENCHES = [
     "diarize",
     "sweep_overhead",
     "train_quality",
+    "supply_demand",
 ]
 HEADER = (
     "| benchmark | ours | baseline | ratio (ours/baseline speed) | notes |\n"

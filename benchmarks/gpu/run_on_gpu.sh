@@ -2,7 +2,9 @@
 # The Ray Train path on a GPU, offline (issue 14, item 6): install the wheel bundle that
 # benchmarks/gpu/build_bundle.py built, write a toy corpus (numpy/scipy voices), prepare it with
 # `prepare csv`, then train it with jobs/train.py (use_gpu: true, NCCL) three times: AMP off,
-# bf16, fp16, printing each run's gpu_peak_mem_mb (reported through Ray Train) and throughput.
+# bf16, fp16, printing each run's gpu_peak_mem_mb (reported through Ray Train) and throughput;
+# then the supply/demand benchmark (Ray Data crops/s with N data CPUs vs the ECAPA C=512 step on
+# this GPU, and the data CPUs per GPU each shipped space needs).
 # Run from the repository root on the GPU machine:  bash benchmarks/gpu/run_on_gpu.sh
 # Everything it writes goes under $WORK (default /tmp/speakertune_gpu); a summary table also
 # goes to $OUT/gpu_runs.tsv when $OUT is set (the device tool brings $OUT back).
@@ -11,6 +13,8 @@ PY=${PYTHON:-python3}
 WORK=${WORK:-/tmp/speakertune_gpu}
 BUNDLE=${BUNDLE:-benchmarks/gpu/bundle}
 RUN_TIMEOUT=${RUN_TIMEOUT:-120}  # seconds per training run; three runs + setup < 8 minutes
+SD_TIMEOUT=${SD_TIMEOUT:-180}    # the supply/demand benchmark after them
+SD_CPUS=${SD_CPUS:-1 2 4 8}      # data CPUs it streams with
 T0=$(date +%s)
 stamp() { echo "[gpu-check +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -47,7 +51,7 @@ assert torch.cuda.is_available(), "no CUDA device visible to torch"
 print("GPU:", torch.cuda.get_device_name(0), "bf16 supported:", torch.cuda.is_bf16_supported())
 EOF
 
-$PY benchmarks/gpu/make_corpus.py "$WORK/toy" --speakers 40 --utts 10 --seconds 3
+$PY benchmarks/gpu/make_corpus.py "$WORK/toy" --speakers 40 --utts 10 --seconds 3 --banks
 $PY jobs/prepare.py csv "$WORK/toy/corpus.csv" --out "$WORK/data"
 stamp "corpus prepared"
 
@@ -82,12 +86,25 @@ EOF
 done
 echo "== summary (last epoch per run) =="
 column -t -s $'\t' "$SUMMARY" || cat "$SUMMARY"
+
+# Supply/demand: the toy corpus and toy noise/RIR banks (no espeak here), Ray Data with each of
+# SD_CPUS data CPUs in both frontend.device modes, the step measured on this GPU (AMP off and
+# bf16, the faster counts), then the per-space sizing table.
+stamp "supply/demand benchmark"
+sd_rc=0
+# shellcheck disable=SC2086
+timeout "$SD_TIMEOUT" $PY benchmarks/supply_demand.py --manifest "$WORK/data/manifest.parquet" \
+  --banks "$WORK/toy" --cpus $SD_CPUS --amp off bf16 > "$WORK/supply_demand.log" 2>&1 || sd_rc=$?
+grep -E '^\||^(rule|step alone|corpus)' "$WORK/supply_demand.log" || true
+[ "$sd_rc" = 0 ] || tail -n 30 "$WORK/supply_demand.log"
+stamp "supply/demand done (rc=$sd_rc)"
 if [ -n "${OUT:-}" ]; then  # small files only: the checkpoints stay behind
-  cp "$SUMMARY" "$WORK"/train_*.log "$OUT/" || true
+  cp "$SUMMARY" "$WORK"/train_*.log "$WORK/supply_demand.log" "$OUT/" || true
   for AMP in off bf16 fp16; do
     mkdir -p "$OUT/amp_$AMP"
     cp "$WORK/runs/amp_$AMP"/{history.jsonl,progress.log} "$OUT/amp_$AMP/" 2>/dev/null || true
   done
 fi
 stamp "total"
-! grep -qP '^\S+\t[1-9]' "$SUMMARY"  # nonzero exit when any training run failed
+# nonzero exit when any training run or the benchmark failed
+! grep -qP '^\S+\t[1-9]' "$SUMMARY" && [ "$sd_rc" = 0 ]
