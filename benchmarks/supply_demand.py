@@ -287,6 +287,7 @@ def size_space(name: str, corpus, over: dict[str, Any], eff: dict[str, float], n
     fastest of its model choices; GPU spaces: measured on ``gpu``, else the recorded H100
     figure), the data CPUs that demand needs per GPU (per train worker on CPU trainers)."""
     space, cfgs = space_configs(name, over)
+    print(f"  sizing {name}: {len(cfgs)} model choice(s)", flush=True)
     res = space.resources
     on_gpu = float(res.get("gpus_per_worker", 0)) > 0
     units = int(res.get("num_workers", 1)) * (max(1, int(res.get("gpus_per_worker", 1)))
@@ -295,7 +296,9 @@ def size_space(name: str, corpus, over: dict[str, Any], eff: dict[str, float], n
     supply = {m: r * eff[m] for m, r in per_cpu_supply(corpus, cfgs[0], n).items()}
     if on_gpu and gpu is None:
         rates = {m: RECORDED_STEP for m in ("cpu", "worker")}
-        tag, source = model_tag(cfgs[0]) + (" (all models)" if len(cfgs) > 1 else ""), RECORDED
+        tag = (f"{len(cfgs)} models: the ECAPA C=512 figure for all" if len(cfgs) > 1
+               else model_tag(cfgs[0]))
+        source = RECORDED
     else:
         dev = gpu if on_gpu else torch.device("cpu")
         torch.set_num_threads(max(1, int(res.get("cpus_per_worker", 1))))
@@ -343,11 +346,16 @@ def measure_stream(corpus, cfg: dict[str, Any], cpus: list[int],
         ray.shutdown()
 
 
-def print_machine(stream, inproc, bench, eff, device: str) -> None:
-    print(f"\n| mode | data CPUs | supply crops/s (epoch / steady) | per CPU (steady) | demand "
-          f"crops/s ({device}) | supply / demand | data wait |")
+def print_machine(stream, inproc, bench, eff, device: str, cpus: list[int]) -> None:
+    """This machine's supply / demand: Ray Data streamed (or, when Ray could not start, the
+    in-process per-CPU rate x N, marked as such)."""
+    rows = stream or {(m, n): (inproc[m] * n, inproc[m] * n)
+                      for m in ("cpu", "worker") for n in cpus}  # fmt: skip
+    how = "Ray Data" if stream else "NOT streamed: in-process per-CPU x N"
+    print(f"\n| mode | data CPUs | supply crops/s, {how} (epoch / steady) | per CPU (steady) | "
+          f"demand crops/s ({device}) | supply / demand | data wait |")
     print("|---|---|---|---|---|---|---|")
-    for (m, n), (whole, steady) in stream.items():
+    for (m, n), (whole, steady) in rows.items():
         print(f"| {m} | {n} | {whole:.1f} / {steady:.1f} | {steady / n:.1f} | {bench[m]:.1f} | "
               f"{steady / bench[m]:.2f} | {100 * data_wait_fraction(steady, bench[m]):.0f}% |")
     print(f"\nstep alone {bench['step']:.1f} crops/s; batch front end on the same device "
@@ -355,7 +363,7 @@ def print_machine(stream, inproc, bench, eff, device: str) -> None:
     print("\n| mode | per-CPU crops/s in-process (1 thread) | Ray Data per-CPU efficiency |")
     print("|---|---|---|")
     for m in ("cpu", "worker"):
-        print(f"| {m} | {inproc[m]:.1f} | {eff[m]:.2f} |")
+        print(f"| {m} | {inproc[m]:.1f} | {eff[m]:.2f}{'' if stream else ' (assumed)'} |")
 
 
 def print_sizing(rows: list[dict[str, Any]]) -> None:
@@ -423,10 +431,9 @@ def main() -> int:
     step = max(step_rate(cfg, dev, a, steps) for a in (args.amp if cuda else ["off"]))
     fe = device_frontend_rate(corpus, cfg, dev, 2)
     bench = {**demand(step, fe), "step": step, "frontend": fe}
-    if stream:
-        print_machine(stream, inproc, bench, eff, "GPU" if cuda else "this CPU")
-    else:
+    if not stream:
         print("Ray did not start: no streamed figures; sizing uses the in-process per-CPU rates")
+    print_machine(stream, inproc, bench, eff, "GPU" if cuda else "this CPU", cpus)
     rows = [size_space(s, corpus, over, eff, min(n, 2 * CHUNK), gpu, args.amp, steps)
             for s in args.spaces]  # fmt: skip
     print_sizing(rows)
@@ -445,9 +452,10 @@ def summary(stream, inproc, bench, eff, rows, cuda: bool, lo: int, where: str) -
     need = {m: data_cpus_needed(gpu_step[m], per[m]) for m in per}
     print("\n| benchmark | ours | baseline | ratio | notes |")
     print("|---|---|---|---|---|")
-    print(f"| supply_demand: Ray Data crops/s with {hi} data CPUs / ECAPA C=512 b128 step | "
+    how = "Ray Data" if stream else "in-process x N (Ray did not start)"
+    print(f"| supply_demand: {how} crops/s with {hi} data CPUs / ECAPA C=512 b128 step | "
           f"worker mode {sup['worker']:.0f}/s (cpu mode {sup['cpu']:.0f}/s) | step "
-          f"{bench['worker']:.0f}/s incl. front end ({bench['cpu']:.0f}/s alone), {where} | "
+          f"{bench['worker']:.2f}/s incl. front end ({bench['cpu']:.2f}/s alone), {where} | "
           f"{sup['worker'] / bench['worker']:.2f}x (cpu mode {sup['cpu'] / bench['cpu']:.2f}x) | "
           f"per data CPU {per['worker']:.0f} / {per['cpu']:.0f} crops/s -> "
           f"{need['worker']} / {need['cpu']} data CPUs per GPU at "
