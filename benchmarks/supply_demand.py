@@ -380,7 +380,7 @@ def print_sizing(rows: list[dict[str, Any]]) -> None:
               f"{o}: {r[o]['need']}, {100 * r[o]['wait']:.0f}% |")
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 x 10 utterances, 2 steps")
     ap.add_argument("--cpus", type=int, nargs="+", default=None, help="data CPUs (default 1 2)")
@@ -396,7 +396,11 @@ def main() -> int:
                     "synthetic one (a machine without espeak: benchmarks/gpu/make_corpus.py)")
     ap.add_argument("--banks", default=None, help="DIR with noise/ and rir/ banks "
                     "(make_corpus.py --banks) instead of the built-in ones")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     from speakertune.data.corpus import load_corpus
 
     cuda = torch.cuda.is_available()
