@@ -105,7 +105,9 @@ def _columns(corpus, n: int) -> dict[str, np.ndarray]:
 def per_cpu_supply(corpus, cfg: dict[str, Any], n: int, min_s: float = 2.0) -> dict[str, float]:
     """Crops/s of one Ray Data task's work (``FrontEnd`` on chunks of 32) in this process on
     one thread, per mode: read + crop (+ augment + features in ``cpu`` mode). Passes over ``n``
-    utterances alternate between the modes (same machine load) until each has ``min_s`` s."""
+    utterances alternate between the modes (same machine load) until each has ``min_s`` s,
+    after an untimed pass (reads from the page cache: a cold disk or object storage adds its
+    latency, which ``frontend.fetch_threads`` overlaps; see s3_shards.py)."""
     from speakertune.frontend.pipeline import FrontEnd
 
     torch.set_num_threads(1)
@@ -113,8 +115,9 @@ def per_cpu_supply(corpus, cfg: dict[str, Any], n: int, min_s: float = 2.0) -> d
                        corpus.storage_options) for m in ("cpu", "worker")}  # fmt: skip
     cols = _columns(corpus, n)
     t, passes = {m: 0.0 for m in fes}, {m: 0 for m in fes}
-    for fe in fes.values():
-        fe({k: v[:CHUNK] for k, v in cols.items()}, 0)  # warm-up: first bank items decoded
+    for fe in fes.values():  # warm-up pass: files in the page cache, bank items decoded
+        for i in range(0, n, CHUNK):
+            fe({k: v[i : i + CHUNK] for k, v in cols.items()}, 0)
     for rnd in range(1, 100):  # each pass: new crops and augmentation draws
         for m in [m for m in fes if t[m] < min_s]:
             t0 = time.perf_counter()
