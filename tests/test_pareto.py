@@ -164,7 +164,7 @@ def test_multi_objective_sweep_then_finetune(e2e_sweep):
     def dist(m1: torch.nn.Module, m2: torch.nn.Module) -> float:
         # weights only: BatchNorm running statistics move with every batch, whatever the LR
         p1, p2 = dict(m1.named_parameters()), dict(m2.named_parameters())
-        return sum(float((p1[k] - p2[k]).norm()) for k in p1)
+        return sum(float((p1[k] - p2[k]).detach().norm()) for k in p1)
 
     moved = dist(ft.encoder, src.encoder)
     assert 0 < moved < 0.5 * dist(fresh, src.encoder), (moved, dist(fresh, src.encoder))
