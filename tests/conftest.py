@@ -62,6 +62,20 @@ def tiny_corpus(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def e2e_sweep(ray_local, tiny_corpus, tmp_path_factory):
+    """The suite's one end-to-end sweep (``tests/e2e_sweep.py``: killed driver, resume,
+    ASHA, two objectives, test list, fine-tuning, Prometheus scrapes), run once and checked by
+    several modules."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from e2e_sweep import run_e2e
+
+    return run_e2e(ray_local, tiny_corpus, tmp_path_factory.mktemp("e2e"))
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Two intra-op threads spin against each other on the 2-core CI box; one is faster."""

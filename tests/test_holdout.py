@@ -4,26 +4,11 @@ is scored once on a test list carved from held-out speakers."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from speakertune.data.manifest import read_manifest
 from speakertune.search import leaderboard as lb
-from speakertune.search import sweep
 from speakertune.search.space import parse_space
-from test_sweep import _tiny_space
-
-
-def _test_list(corpus: Path, out: Path) -> list[str]:
-    """All pairs of two speakers' utterances (the first two speakers of the corpus)."""
-    df = read_manifest(corpus / "manifest.parquet")
-    spks = sorted(df["spk"].unique())[:2]
-    utts = sorted(df.loc[df["spk"].isin(spks), "utt"])
-    spk = dict(zip(df["utt"], df["spk"]))
-    out.write_text("".join(f"{a} {b} {int(spk[a] == spk[b])}\n"
-                           for i, a in enumerate(utts) for b in utts[i + 1:]))
-    return spks
 
 
 def test_markdown_shows_test_columns_apart_from_the_ranking():
@@ -44,27 +29,19 @@ def test_space_validates_test_top_k():
 
 
 @pytest.mark.slow
-def test_sweep_scores_the_top_trial_on_test_lists_after_ranking(ray_local, tiny_corpus, tmp_path,
-                                                                capsys):
+def test_sweep_scores_the_top_trial_on_test_lists_after_ranking(e2e_sweep):
+    """The end-to-end sweep's space names a test list and ``search.test_top_k: 1``."""
     from speakertune.scoring.evaluate import evaluate
 
-    _test_list(tiny_corpus, tmp_path / "test.txt")
-    data = _tiny_space(tiny_corpus, num_samples=1)
-    data["base"]["data"]["test"] = {"o": {"trials": str(tmp_path / "test.txt")}}
-    data["base"]["trainer"]["epochs"] = 1
-    data["params"] = {"optimizer.lr": {"loguniform": [1e-3, 1e-2]}}
-    data["search"]["test_top_k"] = 1
-    space = parse_space(data, source="tiny.yaml")
-    result = sweep.run_sweep(space, storage=str(tmp_path / "runs"),
-                             report_root=tmp_path / "report", det_top=0)
-    out = tmp_path / "report" / "tiny"
+    out, result = e2e_sweep.out, e2e_sweep.result
     df = pd.read_csv(out / "leaderboard.csv")
     row = df.iloc[0]
     assert 0.0 <= row["test_o_low"] <= row["test_o_high"] <= 1.0 and 0 <= row["test_o_eer"] <= 1
+    assert df["test_o_eer"].iloc[1:].isna().all()  # test_top_k: 1, the others never scored
     # The sweep ranked on dev only: val_eer is the trial's cosine dev EER, not the test one.
     assert math.isclose(row["val_eer"], row["val_eer_cosine"])
-    again = evaluate(str(row["checkpoint"]), str(tiny_corpus / "manifest.parquet"),
-                     str(tmp_path / "test.txt"), backend="cosine", progress=False, tsne=False)
+    again = evaluate(str(row["checkpoint"]), str(e2e_sweep.corpus / "manifest.parquet"),
+                     str(e2e_sweep.trials), backend="cosine", progress=False, tsne=False)
     assert math.isclose(again.metrics["cosine"]["eer"], row["test_o_eer"], abs_tol=1e-12)
     md = (out / "leaderboard.md").read_text()
     assert "test o EER [CI]" in md and "dev EER [95% CI]" in md
@@ -72,4 +49,4 @@ def test_sweep_scores_the_top_trial_on_test_lists_after_ranking(ray_local, tiny_
     assert "| 1 | " in text and "| o |" in text and "never ranked" in text
     assert "## Calibrated scores" in text and "| o | qmf |" in text  # trained on dev trials
     assert result.files["test_results"] == out / "test_results.md"
-    assert "test o: trial " in capsys.readouterr().out
+    assert "test o: trial " in e2e_sweep.log

@@ -151,6 +151,7 @@ def test_cluster_setup_installs_the_lock_and_doctor_catches_a_bad_torchaudio(tmp
            "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")),
            "PIP_CACHE_DIR": str(Path.home() / ".cache" / "pip")}
     env.pop("VIRTUAL_ENV", None)
+    env["UV_COMPILE"] = ""  # precompiling bytecode is a minute of CPU this test does not check
     for cmd in cfg["setup_commands"]:
         run = subprocess.run(["bash", "-c", cmd], cwd=home, env=env, capture_output=True,
                              text=True, timeout=900)

@@ -1,7 +1,7 @@
 """Multi-objective search (Pareto front, pareto.png) and large-margin fine-tuning.
 
-The end-to-end test is one tiny real-Ray sweep over two objectives whose space also asks for
-fine-tuning of its best trial, so both features run through ``run_sweep`` once.
+The end-to-end checks use the suite's one real-Ray sweep (``e2e_sweep``), whose space ranks on
+two objectives and asks for fine-tuning of its best trial.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from speakertune.search import leaderboard as lb
 from speakertune.search import space as sp
-from speakertune.search import sweep
 from speakertune.search.objectives import pareto_mask
 from speakertune.train.finetune import finetune_config, finetune_settings
 
@@ -128,43 +126,16 @@ def test_finetune_cli_rejects_bad_input_in_one_line(tmp_path: Path) -> None:
         assert out.returncode == 2 and len(lines) == 1 and msg in lines[0], out.stderr
 
 
-def _space(corpus: Path) -> dict:
-    return {
-        "name": "mo",
-        "base": {
-            "data": {"corpus": "synthetic", "root": str(corpus), "speakers": 8,
-                     "utts_per_speaker": 4, "val_speakers": 2, "val_trials": 24,
-                     "min_seconds": 0.5, "max_seconds": 1.0},
-            "features": {"name": "fbank", "num_mel_bins": 24},
-            "embed_dim": 16,
-            "model": {"name": "tdnn", "out_channels": 32},
-            "loss": {"name": "aam_softmax", "margin": 0.2, "scale": 30.0},
-            "trainer": {"epochs": 1, "batch_size": 8, "plda_utts": 16},
-        },
-        # two widths: the trials differ in parameters, so the front is not trivially one
-        "params": {"model.channels": {"choice": [8, 32]},
-                   "optimizer.lr": {"loguniform": [1e-3, 1e-2]}},
-        "search": {"num_samples": 2, "seed": 1, "objectives": ["dev_eer", "params"],
-                   "test_top_k": 0},
-        "scheduler": {"asha": {"grace_period": 1}},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
-        "finetune": {"top_k": 1, "epochs": 1, "margin": 0.4, "crop_seconds": 1.5,
-                     "lr_scale": 0.1},
-    }
-
-
 @pytest.mark.slow
-def test_multi_objective_sweep_then_finetune(ray_local, tiny_corpus: Path, tmp_path: Path):
+def test_multi_objective_sweep_then_finetune(e2e_sweep):
+    """The end-to-end sweep ranks on two objectives (dev EER, parameters) and its space asks
+    for fine-tuning of the best trial with a larger margin and fixed 1.5 s crops."""
     from speakertune.checkpoint import load_checkpoint
     from speakertune.models import build_encoder
 
-    space_file = tmp_path / "mo.yaml"
-    space_file.write_text(yaml.safe_dump(_space(tiny_corpus)))
-    result = sweep.run_sweep(sp.load_space(space_file), storage=str(tmp_path / "runs"),
-                             report_root=tmp_path / "report", det_top=0)
-    out = tmp_path / "report" / "mo"
+    out, result = e2e_sweep.out, e2e_sweep.result
     df = pd.read_csv(out / "leaderboard.csv")
-    assert len(df) == 2 and result.num_errors == 0
+    assert len(df) == 3 and result.num_errors == 0
     assert (df["latency_ms"] > 0).all()  # measured in every trial
     expect = _brute_force_front(df[["val_eer", "num_params"]].to_numpy(float))
     assert df["pareto"].tolist() == expect and any(expect)
@@ -193,7 +164,7 @@ def test_multi_objective_sweep_then_finetune(ray_local, tiny_corpus: Path, tmp_p
     def dist(m1: torch.nn.Module, m2: torch.nn.Module) -> float:
         # weights only: BatchNorm running statistics move with every batch, whatever the LR
         p1, p2 = dict(m1.named_parameters()), dict(m2.named_parameters())
-        return sum(float((p1[k] - p2[k]).norm()) for k in p1)
+        return sum(float((p1[k] - p2[k]).detach().norm()) for k in p1)
 
     moved = dist(ft.encoder, src.encoder)
     assert 0 < moved < 0.5 * dist(fresh, src.encoder), (moved, dist(fresh, src.encoder))

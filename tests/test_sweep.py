@@ -1,8 +1,6 @@
-"""The sweep end to end on real Ray: a driver killed mid-sweep, --resume, the report files.
-
-The end-to-end test doubles as the 2-trial sweep test: the first driver is killed after one
-trial finished, the sweep is resumed in this process and must then write the full report with
-no finished trial lost or run again.
+"""The sweep on real Ray: a driver killed mid-sweep and resumed, the report files, ASHA without
+leaked resources (checked on the suite's one end-to-end sweep, ``e2e_sweep``), plus the pieces
+that need no sweep: space errors before Ray starts, the placement-group reaper, trial names.
 """
 
 from __future__ import annotations
@@ -10,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from e2e_sweep import tiny_space, wait_for
 from speakertune.checkpoint import load_val_scores
 from speakertune.search import leaderboard as lb
 from speakertune.search import ray_runtime, sweep
@@ -27,71 +25,7 @@ from speakertune.search.space import load_space
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _tiny_space(corpus: Path, num_samples: int = 2) -> dict:
-    return {
-        "name": "tiny",
-        "base": {
-            "data": {
-                "corpus": "synthetic",
-                "root": str(corpus),
-                "speakers": 8,
-                "utts_per_speaker": 4,
-                "val_speakers": 2,
-                "val_trials": 24,
-                "min_seconds": 0.5,
-                "max_seconds": 1.0,
-            },
-            "features": {"name": "fbank", "num_mel_bins": 24},
-            "embed_dim": 16,
-            "trainer": {"epochs": 2, "batch_size": 8},
-        },  # fmt: skip
-        "components": {"model": {"tdnn": {"channels": 16, "out_channels": 32}}},
-        "params": {
-            "model.name": {"choice": ["tdnn"]},
-            "loss.name": {"choice": ["softmax", "aam_softmax"]},
-            "loss.margin": {"uniform": [0.1, 0.3], "when": {"loss.name": "aam_softmax"}},
-            "optimizer.lr": {"loguniform": [1e-3, 1e-2]},
-        },
-        "search": {"num_samples": num_samples, "seed": 3},
-        "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
-    }
-
-
-def asha_space(corpus: Path) -> dict:
-    """3 trials of 3 epochs with learning rates far apart, so that ASHA stops the worse ones
-    after epoch 1 or 2. (Tune also stops every trial that reaches ``max_t`` on its last
-    report, before its Train run has shut down: the same leak, for every trial.)"""
-    space = _tiny_space(corpus, num_samples=3)
-    space["base"]["trainer"]["epochs"] = 3
-    space["params"]["optimizer.lr"] = {"choice": [0.02, 1e-6]}
-    return space
-
-
-def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _terminated_in_state(exp: Path) -> set[str]:
-    """Trial ids that Tune's saved experiment state records as finished."""
-    done = set()
-    for f in exp.glob("experiment_state-*.json"):
-        try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):  # being rewritten right now
-            continue
-        for trial_json, _ in data.get("trial_data", []):
-            t = json.loads(trial_json)
-            if t.get("status") == "TERMINATED":
-                done.add(t["trial_id"])
-    return done
+_tiny_space, _wait_for = tiny_space, wait_for  # the names other modules import
 
 
 def _checkpoint_eers(run_dir: Path) -> list[float]:
@@ -102,67 +36,37 @@ def _checkpoint_eers(run_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_without_losing_or_repeating_trials(
-    ray_local, tiny_corpus: Path, tmp_path: Path
-) -> None:
-    space_file = tmp_path / "tiny.yaml"
-    space_file.write_text(yaml.safe_dump(_tiny_space(tiny_corpus)))
-    storage, report = tmp_path / "runs", tmp_path / "report"
-    exp = storage / "tiny"
-    log = open(tmp_path / "driver.log", "w")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # The user's command, in its own session so that it and its local Ray can be killed as one.
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(space_file),
-         "--storage", str(storage), "--report-dir", str(report)],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _wait_for(lambda: _terminated_in_state(exp), 240, "a finished trial", proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep, without any cleanup
-        proc.wait(30)
-        log.close()
-    finished = _terminated_in_state(exp)
-    assert len(finished) == 1, (tmp_path / "driver.log").read_text()[-3000:]
-    (first,) = finished
-    first_run = exp / "train_runs" / first
-    before = {p.name: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()}
-    assert not (report / "tiny" / "leaderboard.csv").exists()
-
-    result = sweep.run_sweep(
-        load_space(space_file), storage=str(storage), report_root=report, resume=True, det_top=2
-    )
-
-    df = pd.read_csv(report / "tiny" / "leaderboard.csv")
+def test_killed_sweep_resumes_without_losing_or_repeating_trials(e2e_sweep) -> None:
+    run = e2e_sweep
+    assert len(run.killed) == 1, run.driver_log[-3000:]
+    (first,) = run.killed
+    assert not run.report_existed  # the killed driver wrote no report
+    df = pd.read_csv(run.out / "leaderboard.csv")
     assert sorted(df["trial"].astype(str)) == sorted(set(df["trial"].astype(str)))  # no repeats
-    assert len(df) == 2 and first in set(df["trial"].astype(str))  # nothing lost
-    after = {p.name: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()}
-    assert after == before, "the finished trial's Train run was touched again"
+    assert len(df) == 3 and first in set(df["trial"].astype(str))  # nothing lost
+    after = {p.name: p.stat().st_mtime_ns for p in run.first_run.rglob("*") if p.is_file()}
+    assert after == run.before, "the finished trial's Train run was touched again"
     for _, row in df.iterrows():
         # the reported EER is the trial's best epoch, as written by the trainer's checkpoints
-        eers = _checkpoint_eers(exp / "train_runs" / str(row["trial"]))
+        eers = _checkpoint_eers(run.exp / "train_runs" / str(row["trial"]))
         assert eers and math.isclose(row["val_eer"], min(eers), rel_tol=1e-9)
         assert 0.0 <= row["val_eer"] <= 1.0 and row["epochs"] >= 1
-        if "loss.name=softmax" in row["params"]:
-            assert "margin" not in row["params"]
     assert list(df["val_eer"]) == sorted(df["val_eer"])
-    out = report / "tiny"
-    assert (out / "leaderboard.md").read_text().count("\n| ") == 3  # header + 2 trials
-    assert (out / "importances.md").is_file()
-    assert (out / "det_top.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run.out / "leaderboard.md").read_text().count("\n| ") == 4  # header + 3 trials
+    assert (run.out / "importances.md").is_file()
+    assert (run.out / "det_top.png").read_bytes()[:4] == b"\x89PNG"
     from speakertune.scoring.metrics import eer
 
     for _, row in df.iterrows():  # the DET plots the trainer's own scores: the same EERs
         for name in ("cosine", "plda"):
             scores, labels = load_val_scores(str(row["checkpoint"]), name)
             assert math.isclose(eer(scores, labels)[0], row[f"val_eer_{name}"], rel_tol=1e-12)
-    best = result.files["best"]
+    best = run.result.files["best"]
     assert best and (best / "model.pt").is_file() and (best / "backend_plda.npz").is_file()
     info = json.loads((best / "trial.json").read_text())
     assert info["trial"] == str(df["trial"].iloc[0])
     assert isinstance(info["epochs"], int) and info["epochs"] == int(df["epochs"].iloc[0])
-    assert result.num_errors == 0
+    assert run.result.num_errors == 0
 
 
 def test_invalid_space_fails_before_ray_starts(tmp_path: Path) -> None:
@@ -231,18 +135,14 @@ def _handle(ray, pg_id: str):
 
 
 @pytest.mark.slow
-def test_asha_sweep_leaks_no_cpus(ray_local, tiny_corpus: Path, tmp_path: Path) -> None:
-    """ASHA stops trials mid-run; afterwards every CPU is free again (no leaked group)."""
-    ray = ray_local
-    space_file = tmp_path / "tiny.yaml"
-    space = asha_space(tiny_corpus)
-    space_file.write_text(yaml.safe_dump(space))
-    result = sweep.run_sweep(load_space(space_file), storage=str(tmp_path / "runs"),
-                             report_root=tmp_path / "report", det_top=1)  # fmt: skip
-    df = pd.read_csv(tmp_path / "report" / "tiny" / "leaderboard.csv")
-    assert len(df) == 3 and result.num_errors == 0
+def test_asha_sweep_leaks_no_cpus(e2e_sweep) -> None:
+    """ASHA stopped trials mid-run (and Tune stops each trial at ``max_t`` before its Train
+    run has shut down); afterwards every CPU is free again (no leaked group)."""
+    ray = e2e_sweep.ray
+    df = pd.read_csv(e2e_sweep.out / "leaderboard.csv")
+    assert len(df) == 3 and e2e_sweep.result.num_errors == 0
     total = ray.cluster_resources()["CPU"]
-    _wait_for(lambda: ray.available_resources().get("CPU", 0.0) >= total, 60, "all CPUs free")
+    wait_for(lambda: ray.available_resources().get("CPU", 0.0) >= total, 60, "all CPUs free")
 
 
 def test_trial_names_show_number_model_and_loss() -> None:

@@ -259,8 +259,11 @@ def bootstrap_ci(
             c = min(p_target, 1.0 - p_target)
             dcfs.append(((p_target * p_miss + (1 - p_target) * p_fa) / c).min(axis=1))
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    out["eer_low"], out["eer_high"] = map(float, np.percentile(np.concatenate(eers), q))
-    if p_target is not None:
-        out["min_dcf_low"], out["min_dcf_high"] = map(float, np.percentile(np.concatenate(dcfs),
-                                                                           q))
+    for key, values in (("eer", eers), ("min_dcf", dcfs if p_target is not None else None)):
+        if values is None:
+            continue
+        low, high = map(float, np.percentile(np.concatenate(values), q))
+        # The resampled rates are summed in another order than the point estimate's, so a
+        # degenerate interval can miss it by a rounding step; keep the estimate inside.
+        out[f"{key}_low"], out[f"{key}_high"] = min(low, out[key]), max(high, out[key])
     return out

@@ -1,0 +1,207 @@
+"""One end-to-end sweep on real Ray that several test modules check (session fixture
+``e2e_sweep`` in conftest.py): a sweep is the suite's most expensive step, so each feature that
+needs one asserts on this run instead of starting its own.
+
+The run, in order:
+
+1. ``jobs/sweep.py`` (the user's command, its own local Ray) is killed with SIGKILL once one
+   trial has finished (test_sweep: nothing lost or repeated on resume);
+2. ``run_sweep(resume=True)`` finishes it on the session's Ray while the node's Prometheus
+   endpoint is scraped every second (test_dashboard_metrics);
+3. the space ranks 3 trials on two objectives, dev EER and parameters (test_pareto), with ASHA
+   stopping trials (test_sweep: no CPU leaked afterwards), scores the top trial on a test list
+   after ranking (test_holdout) and fine-tunes it with a larger margin (test_pareto).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "e2e"
+
+
+def tiny_space(corpus: Path, num_samples: int = 2) -> dict:
+    """The smallest sweep that still trains: 8 speakers, a 16-channel TDNN, 2 epochs."""
+    return {
+        "name": "tiny",
+        "base": {
+            "data": {"corpus": "synthetic", "root": str(corpus), "speakers": 8,
+                     "utts_per_speaker": 4, "val_speakers": 2, "val_trials": 24,
+                     "min_seconds": 0.5, "max_seconds": 1.0},
+            "features": {"name": "fbank", "num_mel_bins": 24},
+            "embed_dim": 16,
+            "trainer": {"epochs": 2, "batch_size": 8},
+        },
+        "components": {"model": {"tdnn": {"channels": 16, "out_channels": 32}}},
+        "params": {
+            "model.name": {"choice": ["tdnn"]},
+            "loss.name": {"choice": ["softmax", "aam_softmax"]},
+            "loss.margin": {"uniform": [0.1, 0.3], "when": {"loss.name": "aam_softmax"}},
+            "optimizer.lr": {"loguniform": [1e-3, 1e-2]},
+        },
+        "search": {"num_samples": num_samples, "seed": 3},
+        "scheduler": {"asha": {"grace_period": 1, "reduction_factor": 2}},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+    }  # fmt: skip
+
+
+def write_test_list(corpus: Path, out: Path) -> list[str]:
+    """All pairs of two speakers' utterances (the first two speakers of the corpus)."""
+    from speakertune.data.manifest import read_manifest
+
+    df = read_manifest(corpus / "manifest.parquet")
+    spks = sorted(df["spk"].unique())[:2]
+    utts = sorted(df.loc[df["spk"].isin(spks), "utt"])
+    spk = dict(zip(df["utt"], df["spk"]))
+    out.write_text("".join(f"{a} {b} {int(spk[a] == spk[b])}\n"
+                           for i, a in enumerate(utts) for b in utts[i + 1:]))  # fmt: skip
+    return spks
+
+
+def e2e_space(corpus: Path, trials: Path) -> dict:
+    """3 trials, ASHA, two objectives; learning rates far apart so ASHA stops the worse ones,
+    two widths so the trials differ in parameters; a test list and a fine-tuning section."""
+    space = tiny_space(corpus, num_samples=3)
+    space["name"] = NAME
+    base = space["base"]
+    base["model"] = {"name": "tdnn", "out_channels": 32}
+    base["loss"] = {"name": "aam_softmax", "margin": 0.2, "scale": 30.0}
+    base["trainer"].update(plda_utts=16)
+    base["data"]["test"] = {"o": {"trials": str(trials)}}
+    space["components"] = {}
+    space["params"] = {"model.channels": {"choice": [8, 32]},
+                       "optimizer.lr": {"choice": [0.02, 1e-6]}}
+    # seed 0: the three trials differ (Optuna 4 draws (32, 0.02), (32, 1e-6), (8, 0.02))
+    space["search"].update(objectives=["dev_eer", "params"], test_top_k=1, seed=0)
+    space["finetune"] = {"top_k": 1, "epochs": 1, "margin": 0.4, "crop_seconds": 1.5,
+                         "lr_scale": 0.1}
+    return space
+
+
+def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def terminated_in_state(exp: Path) -> set[str]:
+    """Trial ids that Tune's saved experiment state records as finished."""
+    done = set()
+    for f in exp.glob("experiment_state-*.json"):
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):  # being rewritten right now
+            continue
+        for trial_json, _ in data.get("trial_data", []):
+            t = json.loads(trial_json)
+            if t.get("status") == "TERMINATED":
+                done.add(t["trial_id"])
+    return done
+
+
+def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """``(name, labels, value)`` of every ``ray_speakertune_*`` sample on the node's
+    Prometheus endpoint, the name without Ray's prefix."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from speakertune.train.metrics import PROMETHEUS_PREFIX
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError:  # a busy agent: the next poll will do
+        return []
+    return [
+        (s.name.removeprefix(PROMETHEUS_PREFIX), dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(f"{PROMETHEUS_PREFIX}speakertune_")
+    ]
+
+
+def _kill_after_first_trial(space_file: Path, storage: Path, report: Path, log: Path) -> set:
+    """The user's command in its own session (so it and its local Ray die as one), killed
+    without cleanup once Tune's state records one finished trial."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(space_file),
+             "--storage", str(storage), "--report-dir", str(report)],
+            cwd=log.parent, stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: terminated_in_state(storage / NAME), 600, "a finished trial", proc)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    return terminated_in_state(storage / NAME)
+
+
+def _resume_while_scraping(space_file: Path, storage: Path, report: Path, port: int):
+    """``run_sweep(resume=True)`` in a thread; the endpoint is scraped every second."""
+    from speakertune.search import sweep
+    from speakertune.search.space import load_space
+
+    done: list = []
+    lines: list[str] = []  # what the driver printed
+
+    t0 = time.monotonic()
+
+    def log(msg: str) -> None:  # timed: where a slow run spends its minutes
+        lines.append(f"{time.monotonic() - t0:6.1f}s {msg}")
+        print(lines[-1])
+
+    runner = threading.Thread(target=lambda: done.append(sweep.run_sweep(
+        load_space(space_file), storage=str(storage), report_root=report, resume=True,
+        det_top=1, log=log)), daemon=True)  # fmt: skip
+    runner.start()
+    seen: dict[tuple, list[float]] = {}  # (name, trial, backend) -> values over the scrapes
+    end = time.monotonic() + 900
+    while runner.is_alive() and time.monotonic() < end:
+        for name, labels, value in scrape(port):
+            if labels.get("sweep") == NAME:
+                seen.setdefault((name, labels["trial"], labels.get("backend")), []).append(value)
+        time.sleep(1.0)
+    runner.join(5)
+    assert done, "the resumed sweep did not finish"
+    return done[0], seen, lines
+
+
+def run_e2e(ray, corpus: Path, tmp: Path) -> types.SimpleNamespace:
+    """Run the scenario of the module docstring; returns what the tests check."""
+    trials = tmp / "test.txt"
+    write_test_list(corpus, trials)
+    space_file = tmp / f"{NAME}.yaml"
+    space_file.write_text(yaml.safe_dump(e2e_space(corpus, trials)))
+    storage, report = tmp / "runs", tmp / "report"
+    killed = _kill_after_first_trial(space_file, storage, report, tmp / "driver.log")
+    exp = storage / NAME
+    first_run = exp / "train_runs" / next(iter(killed)) if len(killed) == 1 else None
+    before = {p.name: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()} \
+        if first_run else {}
+    report_existed = (report / NAME / "leaderboard.csv").exists()
+    (node,) = [n for n in ray.nodes() if n["Alive"]]
+    result, seen, lines = _resume_while_scraping(space_file, storage, report,
+                                          int(node["MetricsExportPort"]))
+    return types.SimpleNamespace(
+        ray=ray, corpus=corpus, trials=trials, exp=exp, out=report / NAME, result=result,
+        killed=killed, first_run=first_run, before=before, report_existed=report_existed,
+        seen=seen, log="\n".join(lines), driver_log=(tmp / "driver.log").read_text(),
+    )
