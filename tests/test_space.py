@@ -44,7 +44,9 @@ def _parse(data: dict) -> sp.SearchSpace:
 def test_shipped_spaces_validate(path: Path) -> None:
     s = sp.load_space(path)
     assert s.params and s.search["num_samples"] >= 1
-    assert sampler.check_builds(s, samples=2) >= 2  # every component choice builds with its options
+    # every component choice builds with its options (a space searching none builds its base)
+    choices = [p for p in s.params.values() if p.kind == "choice" and p.path.endswith(".name")]
+    assert sampler.check_builds(s, samples=2) >= (2 if choices else 1)
     text = path.read_text()
     assert text.lstrip().startswith("#"), "each space file starts with a comment"
     if path.name == "quickstart.yaml":

@@ -166,6 +166,10 @@ def make_trainer(
     meta, dataset = prepare(cfg)
     _dry_build(cfg, meta)
     meta["run_dir"] = _run_dir(storage_path, name)
+    # Validation features shared by every run under a local storage root (a sweep's trials):
+    # computed by the first, read by the rest (``scoring.feature_cache``).
+    meta["feature_cache"] = (None if "://" in storage_path
+                             else os.path.join(storage_path, ".feature_cache"))
     meta["storage_uri"] = f"{storage_path.rstrip('/')}/{name}"
     meta["metric_tags"] = metric_tags or {"sweep": "-", "trial": name}
     run_config = RunConfig(

@@ -177,17 +177,20 @@ def _prepare_ddp(net: SpeakerNet) -> nn.Module:
 def _load_validation_cache(w: _Worker) -> dict[str, Any]:
     """Features of this worker's share of the validation and PLDA-fit utterances, computed once
     for the whole run (only the encoder changes between epochs)."""
-    from speakertune.train.validation import load_eval_features
+    from speakertune.scoring.feature_cache import cached_features
 
     t0 = time.perf_counter()
     max_s = w.cfg["trainer"]["val_max_seconds"]
     opts = w.meta["storage_options"]
-    cache = {}
+    cache, hits = {}, 0
     for key in ("val", "plda"):
         df = pd.DataFrame(w.meta[key]).iloc[w.rank::w.world]
-        cache[key] = load_eval_features(df, w.cfg, storage_options=opts, max_seconds=max_s)
+        cache[key], hit = cached_features(df, w.cfg, w.meta.get("feature_cache"),
+                                          storage_options=opts, max_seconds=max_s)
+        hits += hit
     if w.show:
-        w.show(f"validation features cached in {time.perf_counter() - t0:.1f} s "
+        read = " (from the feature cache)" if hits == 2 else ""
+        w.show(f"validation features cached in {time.perf_counter() - t0:.1f} s{read} "
                f"({w.world} worker(s), {w.num_params:,} encoder parameters, "
                f"amp={w.amp})")
     return cache
