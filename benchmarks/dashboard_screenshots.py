@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         running = [j for j in jobs if j.get("status") == "RUNNING" and j.get("job_id")]
         if running:
             screenshot(f"{dash}/#/jobs/{running[-1]['job_id']}", out / "dashboard_job.png")
-        (out / "train_runs.json").write_text(get(f"{dash}/api/train/v2/runs") + "\n")
+        try:  # served only with Ray Train's state tracking (RAY_TRAIN_ENABLE_STATE_TRACKING=1)
+            (out / "train_runs.json").write_text(get(f"{dash}/api/train/v2/runs") + "\n")
+        except OSError as exc:
+            print(f"no Train run list ({exc})", flush=True)
         print(f"screenshots in {out}; sweep log {tmp / 'sweep.log'}", flush=True)
         if args.finish:
             sweep.wait(args.timeout * 3)
