@@ -28,14 +28,6 @@ from test_sweep import _tiny_space, _wait_for
 
 pytestmark = [
     pytest.mark.slow,
-    # NOT YET SEEN PASSING END TO END (see the h15 report). With the trial actors on the head
-    # the scenario now gets through the node loss, the killed driver and --resume (two runs);
-    # the first then failed on the report copying an S3 checkpoint as a local path (fixed in
-    # search.report), the second on epoch 1 of the lost trial written twice: the node was
-    # removed after the history row but before Ray Train registered that epoch's checkpoint
-    # (the trigger now also waits for Train's checkpoint_manager_snapshot.json). Unskip once a
-    # run passes.
-    pytest.mark.skip(reason="multi-node scenario not yet seen passing end to end"),
 ]
 REPO = Path(__file__).resolve().parents[1]
 BUCKET, PREFIX, EPOCHS = "multinode", "sweeps", 3
