@@ -55,20 +55,74 @@ def wait_for(cond, timeout: float, what: str, every: float = 2.0):
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def start_head(tmp: Path, cpus: int) -> tuple[subprocess.Popen, dict[str, int]]:
-    """A private Ray head in its own process group; every port chosen free."""
+# The private head's own settings, for it and for the sweep that joins it. Token auth off: a
+# headless browser cannot log in to the dashboard (Ray 2.59+ turns auth on for local clusters);
+# this head listens on 127.0.0.1 only and lives for the few minutes of the run.
+HEAD_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+# `ray start`, but the head's raylet gets 3 minutes instead of Ray's fixed 30 s to register
+# with the GCS (``Node.__init__`` polls ``services.get_node``): on a loaded machine it is late.
+# A raylet that died (it aborts when its dashboard agent takes over 15 s to start) fails fast.
+PATIENT_RAY_START = """
+import sys, time
+from ray._private import services
+import psutil  # Ray's own copy: importable once ray is
+get_node = services.get_node
+def raylet_died():
+    return any(c.name() == "raylet" and c.status() == psutil.STATUS_ZOMBIE
+               for c in psutil.Process().children())
+def patient(*args, **kwargs):
+    end = time.monotonic() + 180
+    while True:
+        try:
+            return get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > end or raylet_died():
+                raise
+            time.sleep(1.0)
+services.get_node = patient
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
+
+
+def private_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(HEAD_ENV)
+    return env
+
+
+def start_head(tmp: Path, cpus: int, attempts: int = 6) -> tuple[subprocess.Popen, dict[str, int]]:
+    """A private Ray head in its own process group; every port chosen free. Retried: on a
+    loaded machine its raylet can miss Ray's fixed 30 s registration window."""
+    for attempt in range(attempts):
+        try:
+            return _start_head(tmp / f"head{attempt}", cpus)
+        except SystemExit as exc:
+            if attempt + 1 == attempts:
+                raise
+            print(f"{exc}; retrying", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _start_head(tmp: Path, cpus: int) -> tuple[subprocess.Popen, dict[str, int]]:
     names = ("port", "dashboard-port", "dashboard-agent-listen-port",
              "dashboard-agent-grpc-port", "metrics-export-port", "ray-client-server-port",
              "runtime-env-agent-port")  # fmt: skip
     ports = {n: free_port() for n in names}
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+    tmp.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", PATIENT_RAY_START, "start", "--head", "--block",
            f"--num-cpus={cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            "--node-ip-address=127.0.0.1", f"--temp-dir={tmp / 'ray'}",
            *[f"--{n}={p}" for n, p in ports.items()]]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_metrics_report_interval_ms="1000", RAY_USAGE_STATS_ENABLED="0")
-    # a loaded machine starts the dashboard slowly: give it time rather than fail
+    env = private_env()
+    env.update(RAY_metrics_report_interval_ms="1000")
+    # a loaded machine starts the dashboard and its agent slowly: give them time rather than fail
     env.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
+    env.setdefault("RAY_agent_register_timeout_ms", "300000")
+    env.setdefault("RAY_raylet_start_wait_time_s", "180")  # the raylet's wait for agent ports
     log = open(tmp / "ray_head.log", "w")
     head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -77,7 +131,9 @@ def start_head(tmp: Path, cpus: int) -> tuple[subprocess.Popen, dict[str, int]]:
     def up() -> str | None:
         if head.poll() is not None:
             raise SystemExit(f"ray start exited ({head.returncode}); see {tmp / 'ray_head.log'}")
-        return get(f"{dash}/api/version")
+        # the dashboard answers before the raylet has registered: wait for both
+        started = "Ray runtime started" in (tmp / "ray_head.log").read_text(errors="replace")
+        return started and get(f"{dash}/api/version")
 
     try:
         wait_for(up, 300, "the Ray dashboard")
@@ -145,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
          "--num-samples", str(args.num_samples), "--address", f"127.0.0.1:{ports['port']}",
          "--storage", str(tmp / "runs"), "--report-dir", str(tmp / "report")],
         cwd=REPO, stdout=sweep_log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=private_env(),
     )  # fmt: skip
     try:
         lines = wait_for(lambda: [s for s in our_series(ports["metrics-export-port"])
@@ -157,7 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         running = [j for j in jobs if j.get("status") == "RUNNING" and j.get("job_id")]
         if running:
             screenshot(f"{dash}/#/jobs/{running[-1]['job_id']}", out / "dashboard_job.png")
-        (out / "train_runs.json").write_text(get(f"{dash}/api/train/v2/runs") + "\n")
+        try:  # served only with Ray Train's state tracking (RAY_TRAIN_ENABLE_STATE_TRACKING=1)
+            (out / "train_runs.json").write_text(get(f"{dash}/api/train/v2/runs") + "\n")
+        except OSError as exc:
+            print(f"no Train run list ({exc})", flush=True)
         print(f"screenshots in {out}; sweep log {tmp / 'sweep.log'}", flush=True)
         if args.finish:
             sweep.wait(args.timeout * 3)

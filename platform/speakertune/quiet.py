@@ -62,5 +62,10 @@ def silence_train_worker() -> None:
 
 
 def train_log_level() -> str:
-    """Ray Train's own ``LoggingConfig`` level for its controller and workers."""
-    return "INFO" if is_verbose() else "WARNING"
+    """Ray Train's own ``LoggingConfig`` level for its controller's and workers' console.
+
+    ERROR unless verbose: Train's warnings are about its own internals (e.g. the controller's
+    "Failed to send resource request ... safe to ignore" with a traceback, whenever the CPUs
+    are busy); a failure that matters reaches the sweep as the trial's error. Train still
+    writes every level to its log files (``<ray session>/logs/train/``)."""
+    return "INFO" if is_verbose() else "ERROR"

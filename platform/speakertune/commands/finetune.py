@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="report folder (default: checkpoint's parent)")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                     help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show everything Ray prints (its INFO logs and deprecation warnings)")
     return ap
 
 
@@ -54,12 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (ckpt / "model.pt").is_file():
         print(f"error: {ckpt}: not a checkpoint directory (no model.pt)", file=sys.stderr)
         return 2
-    import ray
-
+    from speakertune.search.ray_runtime import init_ray
     from speakertune.train.driver import TrainerError
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False)
+    init_ray(args.address, verbose=args.verbose, dashboard=False)  # quiet as a sweep
     out = Path(args.out) if args.out else ckpt.resolve().parent
     try:
         row = finetune(ckpt, settings, storage_path=args.storage, out_dir=out)

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", default=None, help="run name (default: train_<timestamp>)")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                     help="Ray cluster to join (default: $RAY_ADDRESS, else start a local one)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="show everything Ray prints (its INFO logs and deprecation warnings)")
     return ap
 
 
@@ -52,12 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
 
-    import ray
-
+    from speakertune.search.ray_runtime import init_ray
     from speakertune.train.driver import TrainerError, train
 
-    if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False)
+    init_ray(args.address, verbose=args.verbose, dashboard=False)  # quiet as a sweep
     try:
         out = train(cfg, storage_path=args.storage, name=args.name)
     except (ValueError, TrainerError) as exc:  # project errors carry one-line messages

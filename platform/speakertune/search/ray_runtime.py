@@ -24,9 +24,9 @@ def ray_init_kwargs(
 ) -> dict[str, Any]:
     """``ray.init`` arguments: connect to ``address`` or start a local Ray whose dashboard
     listens on loopback only (it has no authentication: never expose it on 0.0.0.0).
-    ``dashboard=False`` is the fallback when it cannot start (still bound to loopback, in case
-    Ray starts parts of it anyway). The job's environment carries the ``verbose`` choice to
-    every Ray worker process (``speakertune.quiet``)."""
+    ``dashboard=False``: none (a one-off job, or the fallback when it cannot start; still
+    bound to loopback, in case Ray starts parts of it anyway). The job's environment carries
+    the ``verbose`` choice to every Ray worker process (``speakertune.quiet``)."""
     kwargs: dict[str, Any] = {
         "dashboard_host": "127.0.0.1",
         "runtime_env": {"env_vars": job_env(verbose, local=not address)},
@@ -41,10 +41,15 @@ def ray_init_kwargs(
 
 
 def init_ray(
-    address: str | None, log: Callable[[str], None] = print, *, verbose: bool = False
+    address: str | None,
+    log: Callable[[str], None] = print,
+    *,
+    verbose: bool = False,
+    dashboard: bool = True,
 ) -> str | None:
-    """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray with the dashboard;
-    without ``verbose``, Ray's deprecation warnings and INFO chatter are silenced."""
+    """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray (with the dashboard unless
+    ``dashboard=False``); without ``verbose``, Ray's deprecation warnings and INFO chatter are
+    silenced. Every job that runs Ray Train (sweep, train, finetune) starts Ray here."""
     import ray
 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # this process's Train runs read it
@@ -52,7 +57,7 @@ def init_ray(
     if ray.is_initialized():
         return None
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = ray_init_kwargs(address, verbose=verbose)
+    kwargs = ray_init_kwargs(address, dashboard=dashboard, verbose=verbose)
     if address:
         ctx = ray.init(**kwargs)
         url = getattr(ctx, "dashboard_url", None)
@@ -61,6 +66,9 @@ def init_ray(
             + (f"; dashboard http://{url}" if url else "")
         )
         return url
+    if not dashboard:
+        ray.init(**kwargs)
+        return None
     try:
         ctx = ray.init(**kwargs)
     except Exception as exc:  # dashboard extras (ray[default]) missing or port taken

@@ -31,6 +31,16 @@ class SweepResult:
     num_errors: int
 
 
+def checkpoint_uri(filesystem: Any, path: Any) -> Any:
+    """Ray reports a checkpoint's path within its storage filesystem (``bucket/key`` under
+    ``s3://`` storage): as a URI, so the report reads and copies it from there, not from a
+    local directory of that name."""
+    scheme = getattr(filesystem, "type_name", "local")
+    if not isinstance(path, str) or not path or "://" in path or scheme in ("local", "mock"):
+        return path
+    return f"{scheme}://{path}"
+
+
 def records_from_results(
     results: Any, space: SearchSpace, base_cfg: dict[str, Any]
 ) -> list[lb.TrialRecord]:
@@ -41,6 +51,9 @@ def records_from_results(
         hist = hist if hist is not None else pd.DataFrame()
         if "epoch" in hist:  # a resumed run may repeat an epoch it had not finished reporting
             hist = hist.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+        if "checkpoint_path" in hist:
+            fs = getattr(res, "filesystem", None)
+            hist["checkpoint_path"] = [checkpoint_uri(fs, p) for p in hist["checkpoint_path"]]
         params = {k: v for k, v in (res.config or {}).items() if k in space.params}
         cfg = trial_config(base_cfg, params, space.components)
         # Records feed every written report (leaderboard, trial.json): no credentials in them.

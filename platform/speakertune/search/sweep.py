@@ -10,9 +10,10 @@ and the report under ``runs/NAME/`` (always local): ``leaderboard.md``, ``leader
 ``importances.md``, ``det_top.png``, ``best/`` (checkpoint with its PLDA backend).
 
 Each Tune trial only drives its Train run (the Train controller takes no CPU), so it reserves
-memory but no CPU: the trial's CPUs/GPUs are held by its Train workers and Ray Data tasks, and
-``max_concurrent_trials`` is sized from ``trainer.trial_resources`` by ``search.cluster``: against
-the autoscaler's maximum on an autoscaling cluster, the resources present on a fixed one.
+memory but no CPU, on the head node (``trial_placement``): the trial's CPUs/GPUs are held by
+its Train workers and Ray Data tasks, and ``max_concurrent_trials`` is sized from
+``trainer.trial_resources`` by ``search.cluster``: against the autoscaler's maximum on an
+autoscaling cluster, the resources present on a fixed one.
 
 Ray start-up and the Tune callbacks are in ``search.ray_runtime``, the report in
 ``search.report``.
@@ -48,6 +49,11 @@ from speakertune.train.driver import trial_resources
 from speakertune.train.metrics import metric_tags
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # what a Tune trial reserves for itself (bytes), no CPU
+# Ray's built-in resource of the head node (``ray._common.constants.HEAD_NODE_RESOURCE_NAME``;
+# every head has 1 of it): a tiny share pins each trial actor, and so its Train controller,
+# to the head. Ray Train itself places its state actor the same way.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+HEAD_NODE_SHARE = 0.001
 TrainerFactory = Callable[..., Any]  # make_trainer(cfg, *, storage_path, name, callbacks, ...)
 
 
@@ -90,15 +96,23 @@ def absolute_data_paths(cfg: dict[str, Any], cwd: Path | None = None) -> dict[st
 
 
 def trial_placement(cfg: dict[str, Any]) -> Any:
-    """The Tune trial's own reservation: memory for its driver, no CPU.
+    """The Tune trial's own reservation: memory for its driver, no CPU, on the head node.
 
     Its Train workers get their own placement group from the Train controller and the Ray
     Data work runs outside the trial's group (Train schedules it explicitly), so reserving
     the trial's CPUs here as well would hold them twice and deadlock a small machine.
+
+    The trial actor hosts its Train controller (Ray Train attaches the controller to the
+    node of the process that calls ``fit``), so it sits on the head, the one node that never
+    goes away: a lost worker node then only fails the Train worker group on it, which the
+    controller restarts from the last checkpoint elsewhere (``FailureConfig``). A trial actor
+    on a worker node would die with it, controller and all.
     """
     from ray import tune
 
-    return tune.PlacementGroupFactory([{"memory": TRIAL_DRIVER_MEMORY}])
+    return tune.PlacementGroupFactory(
+        [{"memory": TRIAL_DRIVER_MEMORY, HEAD_NODE_RESOURCE: HEAD_NODE_SHARE}]
+    )
 
 
 def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
