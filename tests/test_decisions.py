@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from e2e_sweep import write_test_list as _test_list
 from speakertune import cli
 from speakertune.checkpoint import save_checkpoint, save_val_scores
 from speakertune.data.corpus import load_corpus
@@ -23,7 +24,6 @@ from speakertune.scoring.metrics import eer
 from speakertune.search import holdout
 from speakertune.search import leaderboard as lb
 from test_checkpoint import tiny_cfg, tiny_encoder
-from test_holdout import _test_list
 
 
 @pytest.fixture(scope="module")
