@@ -38,8 +38,11 @@ sweep: venv
 lint: venv
 	$(PY) -m ruff check .
 
+# The multi-node test starts its own 3-node Ray and must be the only Ray on the machine (with the
+# suite's local Ray beside it, Ray Train's helpers find two clusters): its own pytest process.
 test: venv lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/test_multinode.py
+	$(PY) -m pytest -q tests/test_multinode.py
 
 bench: venv
 	$(PY) benchmarks/run_all.py
