@@ -20,7 +20,7 @@ $(UV):
 UV_COMPILE ?= --compile-bytecode
 
 $(VENV)/.stamp: pyproject.toml $(LOCK) | $(UV)
-	$(UV) pip install --python $(PY) --require-hashes $(UV_COMPILE) -r $(LOCK)
+	$(UV) pip install --python $(PY) $(UV_COMPILE) --require-hashes -r $(LOCK)
 	$(UV) pip install --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -m compileall -q platform
 	touch $@
