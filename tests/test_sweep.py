@@ -20,7 +20,7 @@ from e2e_sweep import tiny_space, wait_for
 from speakertune.checkpoint import load_val_scores
 from speakertune.search import leaderboard as lb
 from speakertune.search import ray_runtime, sweep
-from speakertune.search.space import load_space
+from speakertune.search.space import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,7 +203,10 @@ def _record(
 
 
 def test_rank_trials_and_importances(tmp_path: Path) -> None:
-    space = load_space(REPO / "search_spaces/quickstart.yaml")
+    space = parse_space({"params": {
+        "loss.name": {"choice": ["softmax", "aam_softmax"]},
+        "loss.margin": {"uniform": [0.0, 0.4], "when": {"loss.name": "aam_softmax"}},
+        "optimizer.lr": {"loguniform": [3e-4, 1e-2]}}}, source="t.yaml")  # fmt: skip
     recs = [
         _record("a", [0.30, 0.20, 0.25], {"loss.name": "softmax", "optimizer.lr": 1e-3}),
         _record(

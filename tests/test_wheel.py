@@ -72,7 +72,7 @@ def test_wheel_runs_commands_outside_the_checkout(tmp_path: Path) -> None:
                 work, env)
     shipped = site / "speakertune" / "search_spaces" / "quickstart.yaml"
     assert plan.splitlines()[0] == f"sweep quickstart: {shipped}", plan
-    assert "trials: 6" in plan and "loss.margin: uniform [0.0, 0.4]" in plan
+    assert "trials: 4" in plan and "optimizer.lr: loguniform [0.002, 0.005]" in plan
     assert "ok: space valid" in plan
 
     # The checkout's shim runs the checkout's sources, and finds the checkout's spaces.
