@@ -253,3 +253,24 @@ def test_export_best_redacts_trial_json(tmp_path: Path) -> None:
     info = json.loads(text)
     assert info["trial"] == "t1" and info["val_eer"] == 0.1 and "optimizer.lr=0.001" in text
     assert "secret_key=***" in info["params"]
+
+
+def test_epochs_tune_never_recorded_come_from_the_checkpoints(tmp_path: Path) -> None:
+    """A driver killed after the Train run saved epoch 2 but before Tune recorded it: on
+    resume the run has nothing left to report, so epoch 2 is read from its checkpoint."""
+    from speakertune.search.report import unreported_epochs
+
+    run = tmp_path / "train_runs" / "1c0600e2"
+    for epoch, eer in ((1, 0.5), (2, 0.25)):
+        ck = run / f"checkpoint_epoch_{epoch:04d}"
+        ck.mkdir(parents=True)
+        (ck / "metrics.json").write_text(json.dumps({"epoch": epoch, "val_eer": eer}))
+    tune_hist = pd.DataFrame({"epoch": [1], "val_eer": [0.5],
+                              "checkpoint_path": [str(run / "checkpoint_epoch_0001")]})
+    hist = unreported_epochs(tune_hist, str(run))
+    assert list(hist["epoch"]) == [1, 2] and list(hist["val_eer"]) == [0.5, 0.25]
+    assert hist["checkpoint_path"][1] == str(run / "checkpoint_epoch_0002")
+    assert unreported_epochs(tune_hist, str(tmp_path / "never_saved")).equals(tune_hist)
+    best = lb.rank_trials([lb.TrialRecord("1c0600e2", {}, hist, "TERMINATED")],
+                          metric="val_eer", mode="min")
+    assert best["val_eer"][0] == 0.25 and best["best_epoch"][0] == 2

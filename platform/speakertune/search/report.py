@@ -6,6 +6,7 @@ The files themselves (Markdown/CSV leaderboard, importances, DET plot, ``best/``
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +42,33 @@ def checkpoint_uri(filesystem: Any, path: Any) -> Any:
     return f"{scheme}://{path}"
 
 
+def unreported_epochs(hist: pd.DataFrame, run_uri: str | None) -> pd.DataFrame:
+    """``hist`` plus the epochs whose checkpoint the Train run saved but Tune never recorded
+    (a driver killed between the two: on ``--resume`` the run has nothing left to report), read
+    from each checkpoint's own ``metrics.json``."""
+    from speakertune.data import storage
+
+    try:
+        files = storage.list_files(run_uri) if run_uri else []
+    except storage.StorageError:  # a trial that never saved a checkpoint
+        return hist
+    seen = set(hist["epoch"]) if "epoch" in hist else set()
+    rows = []
+    for f in files:
+        if re.search(r"checkpoint_epoch_\d+/metrics\.json$", f):
+            row = json.loads(storage.read_text(f))
+            if row.get("epoch") not in seen:
+                rows.append({**row, "checkpoint_path": storage.dirname(f)})
+    if not rows:
+        return hist
+    return pd.concat([hist, pd.DataFrame(rows)]).sort_values("epoch").reset_index(drop=True)
+
+
 def records_from_results(
-    results: Any, space: SearchSpace, base_cfg: dict[str, Any]
+    results: Any, space: SearchSpace, base_cfg: dict[str, Any], train_root: str | None = None
 ) -> list[lb.TrialRecord]:
-    """One ``TrialRecord`` per result of a Tune ``ResultGrid`` (errored trials included)."""
+    """One ``TrialRecord`` per result of a Tune ``ResultGrid`` (errored trials included);
+    ``train_root`` (the sweep's ``train_runs``) adds epochs Tune missed (``unreported_epochs``)."""
     out = []
     for res in results:
         hist = res.metrics_dataframe
@@ -59,9 +83,11 @@ def records_from_results(
         # Records feed every written report (leaderboard, trial.json): no credentials in them.
         params = redact_config(params)
         metrics = res.metrics or {}
-        # A trial that never reported has no metrics: its id is in its directory's name.
-        m = re.search(r"_trial_fn_([0-9a-f]+)_", Path(str(res.path)).name)
+        # A trial that never reported has no metrics: its id ends its directory's name.
+        m = re.search(r"_([0-9a-f]{8})$", Path(str(res.path)).name)
         trial_id = metrics.get("trial_id") or (m.group(1) if m else Path(str(res.path)).name)
+        if train_root:
+            hist = unreported_epochs(hist, f"{train_root.rstrip('/')}/{trial_id}")
         err = None if res.error is None else redact_text(str(res.error).strip().splitlines()[-1])
         out.append(
             lb.TrialRecord(

@@ -346,7 +346,7 @@ def run_sweep(
     log(f"sweep {name!r}: {space.search['num_samples']} trials, results in {exp_path}")
     results = tuner.fit()
     result = write_report(
-        records_from_results(results, space, base),
+        records_from_results(results, space, base, train_root),
         space,
         name=name,
         exp_path=exp_path,
