@@ -101,18 +101,20 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def terminated_ids(state: dict) -> set[str]:
+    """Trial ids one parsed Tune ``experiment_state-*.json`` records as finished."""
+    trials = (json.loads(trial_json) for trial_json, _ in state.get("trial_data", []))
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+
+
 def terminated_in_state(exp: Path) -> set[str]:
     """Trial ids that Tune's saved experiment state records as finished."""
     done = set()
     for f in exp.glob("experiment_state-*.json"):
         try:
-            data = json.loads(f.read_text())
+            done |= terminated_ids(json.loads(f.read_text()))
         except (OSError, json.JSONDecodeError):  # being rewritten right now
             continue
-        for trial_json, _ in data.get("trial_data", []):
-            t = json.loads(trial_json)
-            if t.get("status") == "TERMINATED":
-                done.add(t["trial_id"])
     return done
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from e2e_sweep import terminated_ids
 from test_sweep import _tiny_space, _wait_for
 
 pytestmark = [
@@ -63,13 +64,10 @@ def _finished_in_state(client) -> set[str]:
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/tiny/experiment_state-")
     for obj in listed.get("Contents", []):
         try:
-            data = json.loads(client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read())
+            body = client.get_object(Bucket=BUCKET, Key=obj["Key"])["Body"].read()
+            done |= terminated_ids(json.loads(body))
         except (json.JSONDecodeError, client.exceptions.NoSuchKey):
             continue
-        for trial_json, _ in data.get("trial_data", []):
-            t = json.loads(trial_json)
-            if t.get("status") == "TERMINATED":
-                done.add(t["trial_id"])
     return done
 
 
