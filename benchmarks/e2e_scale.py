@@ -3,7 +3,7 @@ one-epoch sweep validating with both backends (cosine and PLDA) -> the post-swee
 evaluation (search/holdout.py). The point is correctness at speaker scale (a 1,860-way
 classifier, the PLDA sample over ~1,800 speakers with 3-4 utterances each, generated dev trials,
 an official-style test list), not accuracy: the model is the smallest TDNN. It lowers itself to
-nice 10 once Ray is up (see ``start_ray_then_nice``).
+nice 10 once Ray is up (``local_ray.start_local_ray``).
 
     .venv/bin/python benchmarks/e2e_scale.py [--speakers 2000] [--keep DIR]
 
@@ -19,7 +19,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from local_ray import process_tree, renice, start_local_ray
 
 SR = 16000
 
@@ -89,26 +89,6 @@ class PeakRSS:
         self._every, self._stop = every, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @staticmethod
-    def _tree() -> dict[int, int]:
-        parent, rss = {}, {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-                parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-                rss[int(d)] = int(stat.rsplit(")", 1)[1].split()[21]) * os.sysconf("SC_PAGE_SIZE")
-            except (OSError, IndexError, ValueError):
-                continue
-        mine, frontier = {os.getpid()}, [os.getpid()]
-        while frontier:
-            p = frontier.pop()
-            kids = [c for c, pp in parent.items() if pp == p and c not in mine]
-            mine.update(kids)
-            frontier.extend(kids)
-        return {p: rss.get(p, 0) for p in mine}
-
     hold_nice: int | None = None  # set: keep the whole tree at this niceness (see below)
 
     @staticmethod
@@ -125,9 +105,9 @@ class PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            tree = self._tree()
+            tree = process_tree()
             if self.hold_nice is not None:
-                _renice(tree, self.hold_nice)
+                renice(tree, self.hold_nice)
             self.peak_rss_sum = max(self.peak_rss_sum, sum(tree.values()))
             self.peak_tree = max(self.peak_tree, sum(self._pss(p) for p in tree))
             self.peak_self = max(self.peak_self, tree.get(os.getpid(), 0))
@@ -161,45 +141,6 @@ def space_dict(out: Path, trials: Path, val_speakers: int) -> dict:
         "search": {"num_samples": 1, "backend": "plda", "test_top_k": 1},
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
     }
-
-
-def start_ray_then_nice(tries: int = 4, niceness: int = 10) -> None:
-    """``ray.init`` at normal priority, then this process tree (GCS, raylet: the workers they
-    fork inherit it) at ``niceness``. Ray 2.60 gives its raylet a hard-coded 30 s to register,
-    which an overloaded shared 2-core box under ``nice`` misses, so this retries (as root, the
-    retries start Ray at nice -5 for those seconds), removing each failed attempt's processes."""
-    import ray
-
-    for attempt in range(1, tries + 1):
-        try:
-            if attempt > 1 and os.geteuid() == 0:  # only for Ray's start-up, then nice again
-                os.setpriority(os.PRIO_PROCESS, 0, -5)
-            ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a neighbour's
-            break
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on this timeout
-            print(f"ray start {attempt}/{tries} failed: {str(exc).splitlines()[0]}", flush=True)
-            for pid in PeakRSS._tree():  # the failed attempt's GCS, dashboard...: ours, and
-                if pid != os.getpid():  # left running by Ray, they would load the box further
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            if attempt == tries:
-                raise
-            time.sleep(10)
-    _renice(PeakRSS._tree(), niceness)
-    PeakRSS.hold_nice = niceness
-
-
-def _renice(pids: object, niceness: int) -> None:
-    """Set ``pids`` to ``niceness``: Ray starts its task workers 15 above the raylet (19 under
-    nice 10), where on a shared box they would barely run."""
-    for pid in pids:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, pid) != niceness:
-                os.setpriority(os.PRIO_PROCESS, pid, niceness)
-        except OSError:
-            pass
 
 
 def main() -> None:
@@ -244,7 +185,9 @@ def main() -> None:
         log(check_data(space))
         times["space + data check (driver)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        start_ray_then_nice()
+        if not start_local_ray(2, niceness=10, log_to_driver=True):
+            raise SystemExit("Ray did not start")
+        rss.hold_nice = 10  # workers started later are set there too
         times["ray start"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = run_sweep(space, storage=str(work / "runs"), report_root=str(work / "report"),

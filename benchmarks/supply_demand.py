@@ -28,7 +28,6 @@ import argparse
 import itertools
 import math
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -40,7 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # bare checkout
 
+from local_ray import process_tree, renice, start_local_ray  # noqa: E402
 from speakertune.config import deep_merge, resolve  # noqa: E402
+from step_demand import demand, step_rate  # noqa: E402
 
 SPACES = ("architectures", "ecapa_losses", "end_to_end", "pareto", "quickstart")
 BENCH_SPACE = "ecapa_losses"  # ECAPA-TDNN C=512, batch 128, noise/reverb/SpecAugment
@@ -158,104 +159,7 @@ def streamed_supply(corpus, cfg: dict[str, Any], mode: str, cpus: int,
     return float(np.mean(whole)), float(np.mean(steady))
 
 
-def _descendants() -> list[int]:
-    """Process ids below this one (from /proc): Ray's GCS, raylet and workers."""
-    kids: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(stat.parent.name))
-    out, todo = [], [os.getpid()]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def renice_tree(niceness: int) -> None:
-    for pid in _descendants():
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, niceness)
-        except OSError:
-            pass
-
-
-def start_ray(cpus: int, tries: int = 3) -> bool:
-    """A local Ray with ``cpus`` CPUs, its task workers at this process's niceness (Ray's
-    default puts them 15 above it, where a shared machine starves them). Ray 2.60 gives its
-    raylet a hard 30 s to register, which a loaded machine under ``nice`` misses: as root the
-    start-up runs at nice -5 and the tree goes back to this process's niceness right after;
-    a failed attempt's processes are removed before the next."""
-    import ray
-
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    nice0 = os.getpriority(os.PRIO_PROCESS, 0)
-    for attempt in range(1, tries + 1):
-        try:
-            if os.geteuid() == 0:
-                os.setpriority(os.PRIO_PROCESS, 0, -5)
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                     log_to_driver=False)  # fmt: skip
-            return True
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception on this timeout
-            print(f"ray start {attempt}/{tries} failed: {str(exc).splitlines()[0]}", flush=True)
-            ray.shutdown()
-            for pid in _descendants():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        finally:
-            if os.geteuid() == 0:
-                os.setpriority(os.PRIO_PROCESS, 0, nice0)
-                renice_tree(nice0)
-    return False
-
-
 # ------------------------------------------------------------------------------- demand
-def step_rate(cfg: dict[str, Any], device: torch.device, amp: str, steps: int,
-              num_classes: int = 1000) -> float:  # fmt: skip
-    """Crops/s of the trainer's step (``run_epoch``: autocast, clipping, optimiser, schedule)
-    on random features of the config's random-length crops, batch ``trainer.batch_size``;
-    an AAM-softmax head over ``num_classes`` (the head costs little next to the encoder)."""
-    from speakertune.frontend.features import feature_dim
-    from speakertune.frontend.pipeline import crop_frames
-    from speakertune.losses import build_loss
-    from speakertune.models import build_encoder
-    from speakertune.train.loop import SpeakerNet, run_epoch
-    from speakertune.train.optim import build_optimizer, build_scheduler
-    from speakertune.train.precision import grad_scaler, resolve_amp
-
-    torch.manual_seed(0)
-    dim, (lo, hi), bs = feature_dim(cfg), crop_frames(cfg), int(cfg["trainer"]["batch_size"])
-    enc = build_encoder(cfg["model"], cfg["pooling"], dim, int(cfg["embed_dim"]))
-    loss = build_loss({"name": "aam_softmax", "margin": 0.2, "scale": 30.0},
-                      int(cfg["embed_dim"]), num_classes)  # fmt: skip
-    net = SpeakerNet(enc, loss).to(device)
-    opt = build_optimizer(net.parameters(), cfg["optimizer"])
-    sched = build_scheduler(opt, cfg["scheduler"], epochs=1, steps_per_epoch=steps + 1)
-    mode = resolve_amp(amp, device)
-    scaler, rng = grad_scaler(mode, device), np.random.default_rng(0)
-
-    def batches(k: int):
-        for _ in range(k):
-            t = int(rng.integers(lo, hi + 1))
-            yield (torch.randn(bs, t, dim, device=device),
-                   torch.randint(0, num_classes, (bs,), device=device))  # fmt: skip
-
-    def run(k: int) -> dict[str, Any]:
-        return run_epoch(net, net, batches(k), optimizer=opt, scheduler=sched, scaler=scaler,
-                         amp=mode, device=device, epoch=0, steps_per_epoch=steps + 1,
-                         total_steps=steps + 1, clip=5.0)  # fmt: skip
-
-    run(1)  # warm-up: allocation, kernel selection
-    stats = run(steps)
-    return stats["count"] / stats["loop_s"]
-
-
 def device_frontend_rate(corpus, cfg: dict[str, Any], device: torch.device, rounds: int) -> float:
     """Crops/s of the train worker's batch front end (augment + features, ``worker`` mode) on
     ``device``, on one batch of ``trainer.batch_size`` real crops with their random plans."""
@@ -275,12 +179,6 @@ def device_frontend_rate(corpus, cfg: dict[str, Any], device: torch.device, roun
         fe(raw)
     sync()
     return rounds * len(raw["label"]) / (time.perf_counter() - t0)
-
-
-def demand(step: float, frontend: float) -> dict[str, float]:
-    """Crops/s one train worker consumes: ``cpu`` mode (the step only) and ``worker`` mode
-    (the same device also runs the batch front end at ``frontend`` crops/s)."""
-    return {"cpu": step, "worker": 1.0 / (1.0 / step + 1.0 / frontend)}
 
 
 # ------------------------------------------------------------------------------- sizing
@@ -337,13 +235,13 @@ def measure_stream(corpus, cfg: dict[str, Any], cpus: list[int],
     """Ray Data supply for both modes and each N in ``cpus``; empty when Ray cannot start."""
     import ray
 
-    if not start_ray(max(cpus)):
+    if not start_local_ray(max(cpus)):
         return {}
     try:
         out = {}
         for m, n in itertools.product(("cpu", "worker"), cpus):
             out[(m, n)] = streamed_supply(corpus, cfg, m, n, epochs)
-            renice_tree(os.getpriority(os.PRIO_PROCESS, 0))  # workers forked at start-up
+            renice(process_tree(), os.getpriority(os.PRIO_PROCESS, 0))  # new workers
         return out
     finally:
         ray.shutdown()

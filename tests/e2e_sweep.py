@@ -199,11 +199,13 @@ def run_e2e(ray, corpus: Path, tmp: Path) -> types.SimpleNamespace:
     before = {p.name: p.stat().st_mtime_ns for p in first_run.rglob("*") if p.is_file()} \
         if first_run else {}
     report_existed = (report / NAME / "leaderboard.csv").exists()
+    cached = sorted(p.name for p in (exp / "train_runs" / ".feature_cache").glob("*.pt"))
     (node,) = [n for n in ray.nodes() if n["Alive"]]
     result, seen, lines = _resume_while_scraping(space_file, storage, report,
                                           int(node["MetricsExportPort"]))
     return types.SimpleNamespace(
         ray=ray, corpus=corpus, trials=trials, exp=exp, out=report / NAME, result=result,
         killed=killed, first_run=first_run, before=before, report_existed=report_existed,
+        cached_when_killed=cached,
         seen=seen, log="\n".join(lines), driver_log=(tmp / "driver.log").read_text(),
     )

@@ -113,6 +113,23 @@ def test_fixed_rule_divides_the_resources_present() -> None:
     assert plan_concurrency({"CPU": 1}, {"CPU": 64}, None, num_samples=5)[0] == 5
 
 
+def test_the_head_memory_caps_concurrency() -> None:
+    from speakertune.search.cluster import TRIAL_HEAD_MEMORY, plan_concurrency, trial_head_memory
+
+    gib = 2**30
+    # 64 GPUs reachable, but a 32 GiB head (~21 GiB of Ray memory) holds 7 trials' actors
+    n, line = plan_concurrency({"CPU": 8, "GPU": 1}, {"CPU": 8}, None, {"CPU": 776, "GPU": 64},
+                               num_samples=100, head_memory=21 * gib)  # fmt: skip
+    assert n == 21 * gib // TRIAL_HEAD_MEMORY == 7
+    assert "capped by head memory=7 (21.0 GiB, 3 GiB per trial" in line
+    # cluster.yaml's head (r6i.12xlarge, ~260 GiB of Ray memory) holds all 64
+    assert plan_concurrency({"CPU": 8, "GPU": 1}, {"CPU": 8}, None, {"CPU": 776, "GPU": 64},
+                            num_samples=100, head_memory=260 * gib)[0] == 64  # fmt: skip
+    # a laptop smaller than one trial's reservation still runs one trial, holding all of it
+    assert plan_concurrency({"CPU": 1}, {"CPU": 2}, None, head_memory=2 * gib)[0] == 1
+    assert trial_head_memory(2 * gib) == 2 * gib and trial_head_memory(None) == TRIAL_HEAD_MEMORY
+
+
 def test_fixed_rule_refuses_a_trial_that_never_fits() -> None:
     from speakertune.search.cluster import ClusterError, plan_concurrency
 
@@ -184,6 +201,7 @@ def test_rules_on_a_real_ray_cluster(ray_local, tmp_path: Path) -> None:
     """The fixed rule reads the live cluster (2 CPUs, 1 node); given an autoscaler config the
     autoscaling rule sizes against its maximum instead, and a local --storage is refused."""
     from speakertune.search.cluster import (
+        TRIAL_HEAD_MEMORY,
         ClusterError,
         alive_nodes,
         check_storage,
@@ -191,8 +209,11 @@ def test_rules_on_a_real_ray_cluster(ray_local, tmp_path: Path) -> None:
     )
 
     lines: list[str] = []
-    n, autoscaling = cluster_concurrency({"CPU": 1}, None, 10, None, lines.append)
-    assert (n, autoscaling) == (int(ray_local.cluster_resources()["CPU"]), False)
+    n, autoscaling, per_trial = cluster_concurrency({"CPU": 1}, None, 10, None, lines.append)
+    head = ray_local.cluster_resources()["memory"]  # one node: the head's is the cluster's
+    assert (n, autoscaling) == (min(int(ray_local.cluster_resources()["CPU"]),
+                                    max(1, int(head // TRIAL_HEAD_MEMORY))), False)  # fmt: skip
+    assert per_trial == min(head, TRIAL_HEAD_MEMORY)
     assert "[fixed rule]" in lines[-1]
     assert alive_nodes() == 1
     check_storage(str(tmp_path), alive_nodes(), autoscaling, shared=False)
@@ -203,8 +224,9 @@ def test_rules_on_a_real_ray_cluster(ray_local, tmp_path: Path) -> None:
         "available_node_types": {"head": {"resources": {"CPU": 2}},
                                  "gpu": {"max_workers": 3, "resources": {"CPU": 4, "GPU": 1}}},
     }))  # fmt: skip
-    n, autoscaling = cluster_concurrency({"CPU": 1, "GPU": 1}, 8, 10, config, lines.append)
-    assert (n, autoscaling) == (3, True) and "[autoscaling rule]" in lines[-1]
+    n, autoscaling, _ = cluster_concurrency({"CPU": 1, "GPU": 1}, 8, 10, config, lines.append)
+    assert (n, autoscaling) == (min(3, max(1, int(head // TRIAL_HEAD_MEMORY))), True)
+    assert "[autoscaling rule]" in lines[-1]
     with pytest.raises(ClusterError, match="autoscales"):
         check_storage(str(tmp_path), alive_nodes(), autoscaling, shared=False)
 

@@ -69,6 +69,19 @@ def test_killed_sweep_resumes_without_losing_or_repeating_trials(e2e_sweep) -> N
     assert run.result.num_errors == 0
 
 
+@pytest.mark.slow
+def test_trials_share_validation_features_and_the_sweep_removes_them(e2e_sweep) -> None:
+    from speakertune.scoring.feature_cache import CACHE_DIR
+
+    run = e2e_sweep
+    assert len(run.cached_when_killed) >= 2, run.cached_when_killed  # the val and PLDA tables
+    trials = pd.read_csv(run.out / "leaderboard.csv")["trial"].astype(str)
+    logs = [(run.exp / "train_runs" / t / "progress.log").read_text() for t in trials]
+    assert any("(from the feature cache)" in text for text in logs)  # a later trial read them
+    assert not (run.exp / "train_runs" / CACHE_DIR).exists()
+    assert "validation feature cache removed" in run.log
+
+
 def test_invalid_space_fails_before_ray_starts(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"params": {"model.name": {"choice": ["ecapa_tdnnn"]}}}))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch
 from speakertune.scoring.embed import Features, load_features
 
 log = logging.getLogger(__name__)
+CACHE_DIR = ".feature_cache"  # its folder's name under a sweep's train_runs/
 
 
 def _file_stamp(uri: str) -> list[int] | None:
@@ -104,3 +106,17 @@ def _save(path: Path, feats: Features) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def clear_cache(cache_dir: str | os.PathLike) -> int:
+    """Remove ``cache_dir`` and its files (a finished sweep's); returns the bytes freed.
+
+    >>> clear_cache("/nonexistent/.feature_cache")
+    0
+    """
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return 0
+    freed = sum(f.stat().st_size for f in root.iterdir() if f.is_file())
+    shutil.rmtree(root, ignore_errors=True)
+    return freed

@@ -5,6 +5,8 @@ Layout of a sweep ``NAME`` under the storage path (``runs/`` or ``s3://...``)::
 
     NAME/                 Ray Tune experiment (state, one dir per Tune trial) - for --resume
     NAME/train_runs/ID/   the Ray Train run of trial ID: checkpoints, tensorboard/, progress.log
+    NAME/train_runs/.feature_cache/   validation features the trials share (local storage;
+                          removed when the sweep ends)
 
 and the report under ``runs/NAME/`` (always local): ``leaderboard.md``, ``leaderboard.csv``,
 ``importances.md``, ``det_top.png``, ``best/`` (checkpoint with its PLDA backend).
@@ -13,7 +15,7 @@ Each Tune trial only drives its Train run (the Train controller takes no CPU), s
 memory but no CPU, on the head node (``trial_placement``): the trial's CPUs/GPUs are held by
 its Train workers and Ray Data tasks, and ``max_concurrent_trials`` is sized from
 ``trainer.trial_resources`` by ``search.cluster``: against the autoscaler's maximum on an
-autoscaling cluster, the resources present on a fixed one.
+autoscaling cluster, the resources present on a fixed one, and the head's memory on both.
 
 Ray start-up and the Tune callbacks are in ``search.ray_runtime``, the report in
 ``search.report``.
@@ -27,7 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from speakertune.scoring.feature_cache import CACHE_DIR, clear_cache
 from speakertune.search.cluster import (
+    HEAD_NODE_RESOURCE,
+    HEAD_NODE_SHARE,
+    TRIAL_HEAD_MEMORY,
     ClusterError,
     alive_nodes,
     autoscaling_env,
@@ -48,12 +54,6 @@ from speakertune.search.space import SearchSpace
 from speakertune.train.driver import trial_resources
 from speakertune.train.metrics import metric_tags
 
-TRIAL_DRIVER_MEMORY = 256 * 1024**2  # what a Tune trial reserves for itself (bytes), no CPU
-# Ray's built-in resource of the head node (``ray._common.constants.HEAD_NODE_RESOURCE_NAME``;
-# every head has 1 of it): a tiny share pins each trial actor, and so its Train controller,
-# to the head. Ray Train itself places its state actor the same way.
-HEAD_NODE_RESOURCE = "node:__internal_head__"
-HEAD_NODE_SHARE = 0.001
 TrainerFactory = Callable[..., Any]  # make_trainer(cfg, *, storage_path, name, callbacks, ...)
 
 
@@ -95,8 +95,9 @@ def absolute_data_paths(cfg: dict[str, Any], cwd: Path | None = None) -> dict[st
     return cfg
 
 
-def trial_placement(cfg: dict[str, Any]) -> Any:
-    """The Tune trial's own reservation: memory for its driver, no CPU, on the head node.
+def trial_placement(memory: float) -> Any:
+    """The Tune trial's own reservation: ``memory`` bytes for what it keeps on the head
+    (``search.cluster.TRIAL_HEAD_MEMORY``), no CPU, on the head node.
 
     Its Train workers get their own placement group from the Train controller and the Ray
     Data work runs outside the trial's group (Train schedules it explicitly), so reserving
@@ -111,7 +112,7 @@ def trial_placement(cfg: dict[str, Any]) -> Any:
     from ray import tune
 
     return tune.PlacementGroupFactory(
-        [{"memory": TRIAL_DRIVER_MEMORY, HEAD_NODE_RESOURCE: HEAD_NODE_SHARE}]
+        [{"memory": int(memory), HEAD_NODE_RESOURCE: HEAD_NODE_SHARE}]
     )
 
 
@@ -137,6 +138,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         callbacks=[TuneReportCallback()],
         max_failures=spec["max_failures"],
         metric_tags=metric_tags(ctx.get_experiment_name(), ctx.get_trial_name()),
+        feature_cache=spec["feature_cache"],
     )
     trainer.fit()
 
@@ -189,19 +191,20 @@ def _plan_cluster(
     joined: bool,
     shared_storage: bool,
     log: Callable[[str], None],
-) -> tuple[int, bool]:
+) -> tuple[int, bool, float]:
     """Concurrency (autoscaling or fixed rule, ``search.cluster``) and the storage check,
-    before anything starts; returns ``(max_concurrent_trials, autoscaling)``."""
+    before anything starts; returns ``(max_concurrent_trials, autoscaling, head memory per
+    trial)``."""
     config = find_autoscaler_config(cluster_config, joined)
     try:
-        concurrent, autoscaling = cluster_concurrency(
+        concurrent, autoscaling, memory = cluster_concurrency(
             trial_resources(base_cfg), space.search["max_concurrent"],
             space.search["num_samples"], config, log,
         )  # fmt: skip
         check_storage(storage, alive_nodes(), autoscaling, shared_storage)
     except ClusterError as exc:
         raise SweepError(str(exc)) from None
-    return concurrent, autoscaling
+    return concurrent, autoscaling, memory
 
 
 def _trainable(
@@ -213,6 +216,7 @@ def _trainable(
     factory: TrainerFactory | None,
     max_failures: int,
     autoscaling: bool = False,
+    head_memory: float = TRIAL_HEAD_MEMORY,
 ) -> Any:
     """``_trial_fn`` bound to what every trial needs, with the trial's own reservation."""
     from ray import tune
@@ -221,12 +225,15 @@ def _trainable(
         "base": base,
         "components": space.components,
         "train_root": train_root,
+        # validation features shared by the trials (local storage only: S3 trials may run on
+        # several nodes), removed when the sweep ends
+        "feature_cache": None if _is_uri(train_root) else _join(train_root, CACHE_DIR),
         "factory": factory,
         "max_failures": max_failures,
         "autoscaling": autoscaling,
     }
     return tune.with_resources(
-        tune.with_parameters(_trial_fn, spec=spec), trial_placement(base_cfg)
+        tune.with_parameters(_trial_fn, spec=spec), trial_placement(head_memory)
     )
 
 
@@ -310,7 +317,7 @@ def run_sweep(
         storage = str(Path(storage).resolve())
     base, base_cfg = _base_configs(space)
     init_ray(address, log, verbose=verbose)
-    concurrent, autoscaling = _plan_cluster(
+    concurrent, autoscaling, head_memory = _plan_cluster(
         space, base_cfg, storage, cluster_config=cluster_config,
         joined=bool(address or os.environ.get("RAY_ADDRESS")), shared_storage=shared_storage,
         log=log,
@@ -329,6 +336,7 @@ def run_sweep(
         factory=trainer_factory,
         max_failures=max_failures,
         autoscaling=autoscaling,
+        head_memory=head_memory,
     )
     if resume:
         log(f"resuming {exp_path}")
@@ -359,6 +367,10 @@ def run_sweep(
 
         result.files.update(finetune_top(result.leaderboard, space.finetune,
                                          report_dir=report_dir, storage_path=exp_path, log=log))
+    if not _is_uri(train_root):
+        freed = clear_cache(_join(train_root, CACHE_DIR))
+        if freed:
+            log(f"validation feature cache removed ({freed / 2**20:.1f} MB)")
     fast = " --load_fast=false" if _is_uri(train_root) else ""  # its fast loader skips S3
     log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")
     return result

@@ -151,11 +151,13 @@ def make_trainer(
     callbacks: list | None = None,
     max_failures: int = 2,
     metric_tags: dict[str, str] | None = None,
+    feature_cache: str | None = None,
 ):
     """A ``TorchTrainer`` for one trial; ``fit()`` runs it. ``callbacks`` are Ray Train
     ``UserCallback`` objects (e.g. Tune's ``TuneReportCallback`` inside a Tune trial);
     ``metric_tags`` tag its Ray dashboard metrics (``train.metrics``; default: no sweep,
-    the run ``name`` as trial)."""
+    the run ``name`` as trial); ``feature_cache``: a local folder where runs that validate on
+    the same utterances share their features (a sweep's trials; ``scoring.feature_cache``)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -166,10 +168,7 @@ def make_trainer(
     meta, dataset = prepare(cfg)
     _dry_build(cfg, meta)
     meta["run_dir"] = _run_dir(storage_path, name)
-    # Validation features shared by every run under a local storage root (a sweep's trials):
-    # computed by the first, read by the rest (``scoring.feature_cache``).
-    meta["feature_cache"] = (None if "://" in storage_path
-                             else os.path.join(storage_path, ".feature_cache"))
+    meta["feature_cache"] = feature_cache
     meta["storage_uri"] = f"{storage_path.rstrip('/')}/{name}"
     meta["metric_tags"] = metric_tags or {"sweep": "-", "trial": name}
     run_config = RunConfig(
