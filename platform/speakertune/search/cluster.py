@@ -37,9 +37,10 @@ START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 HEAD_NODE_SHARE = 0.001
 # What one running trial keeps on the head: its trial actor, Train controller, and Ray Data's
-# dataset manager and split coordinator (1.8 GB of unique memory, ~3 GB resident, measured on
-# the toy corpus; a VoxCeleb2-size manifest adds about 1 GB to the trial actor). Reserved as
-# Ray's ``memory`` resource, so the head never admits more trials than it can hold.
+# dataset manager and split coordinator (1.8 GB of unique memory, 3.2 GB resident, measured on
+# the toy corpus; a VoxCeleb2-size manifest of 1.09M rows adds 0.3-0.5 GB to the trial actor's
+# set-up). Reserved as Ray's ``memory`` resource, so the head never admits more trials than it
+# can hold.
 TRIAL_HEAD_MEMORY = 3 * 1024**3
 
 
