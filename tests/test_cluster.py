@@ -231,6 +231,57 @@ def test_rules_on_a_real_ray_cluster(ray_local, tmp_path: Path) -> None:
         check_storage(str(tmp_path), alive_nodes(), autoscaling, shared=False)
 
 
+# ---------------------------------------------------------------- joining a cluster
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_address_where_nothing_answers_fails_at_once() -> None:
+    import time
+
+    from speakertune.search.ray_runtime import RayConnectError, probe_address
+
+    port = _closed_port()
+    t0 = time.monotonic()
+    with pytest.raises(RayConnectError, match=f"nothing answers at --address 127.0.0.1:{port}"):
+        probe_address(f"127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 5  # Ray's own connect would retry for minutes
+    with pytest.raises(RayConnectError, match="expected HOST:PORT"):
+        probe_address("head-node")
+    probe_address("auto")  # left to Ray: it finds the local cluster itself
+    probe_address("ray://head:10001")
+
+
+@pytest.mark.parametrize("job", ["train", "sweep"])
+def test_jobs_give_one_line_for_an_unreachable_cluster(job, tiny_corpus, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from e2e_sweep import tiny_space
+
+    spec = tiny_space(tiny_corpus)
+    space, config = tmp_path / "tiny.yaml", tmp_path / "cfg.yaml"
+    space.write_text(yaml.safe_dump(spec))
+    config.write_text(yaml.safe_dump(spec["base"]))
+    repo = Path(__file__).resolve().parents[1]
+    args = ["--space", str(space)] if job == "sweep" else ["--config", str(config)]
+    address = f"127.0.0.1:{_closed_port()}"
+    out = subprocess.run([sys.executable, str(repo / f"jobs/{job}.py"), *args, "--address", address,
+                          "--storage", f"s3://bucket/{job}"],
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [f"error: nothing answers at --address {address} (Connection refused): is a "
+                      "Ray head running there, with its GCS port reachable from here?"]  # fmt: skip
+    assert "Traceback" not in out.stderr
+
+
 # ---------------------------------------------------------------- run files on S3
 
 

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     from speakertune.search.ray_runtime import init_ray
     from speakertune.train.driver import TrainerError
 
-    init_ray(args.address, verbose=args.verbose, dashboard=False)  # quiet as a sweep
     out = Path(args.out) if args.out else ckpt.resolve().parent
     try:
+        init_ray(args.address, verbose=args.verbose, dashboard=False)  # quiet as a sweep
         row = finetune(ckpt, settings, storage_path=args.storage, out_dir=out)
     except (ValueError, TrainerError) as exc:  # project errors carry one-line messages
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)

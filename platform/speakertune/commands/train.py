@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from speakertune.search.ray_runtime import init_ray
     from speakertune.train.driver import TrainerError, train
 
-    init_ray(args.address, verbose=args.verbose, dashboard=False)  # quiet as a sweep
     try:
+        init_ray(args.address, verbose=args.verbose, dashboard=False)  # quiet as a sweep
         out = train(cfg, storage_path=args.storage, name=args.name)
     except (ValueError, TrainerError) as exc:  # project errors carry one-line messages
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)

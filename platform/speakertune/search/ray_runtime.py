@@ -5,6 +5,7 @@ reaping the placement groups of stopped trials, and a one-line report per finish
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,6 +18,44 @@ from speakertune.redact import redact_config, redact_text
 from speakertune.train.worker import PG_METRIC
 
 LOCAL_DASHBOARD_PORT = 8265
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication (on by default)
+
+
+class RayConnectError(ValueError):
+    """The Ray cluster at ``--address`` cannot be joined; the message says why in one line."""
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """A plain TCP connect to a ``HOST:PORT`` address before ``ray.init``: Ray itself keeps
+    retrying an address where nothing answers for minutes. ``auto`` and ``ray://`` pass."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectError(f"--address {address}: expected HOST:PORT (the head's GCS port, "
+                              "6379 by default), auto, or ray://HOST:PORT")  # fmt: skip
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise RayConnectError(f"nothing answers at --address {address} ({why}): is a Ray head "
+                              "running there, with its GCS port reachable from here?") from None
+
+
+def _join(kwargs: dict[str, Any], address: str) -> Any:
+    """``ray.init`` on an existing cluster, its failure as one line with the likely cause."""
+    import ray
+
+    probe_address(address)
+    try:
+        return ray.init(**kwargs)
+    except ConnectionError:
+        hint = ""
+        if not os.environ.get(AUTH_MODE_ENV) and address != "auto":
+            hint = ("; Ray clusters use token authentication by default, and Ray sends its token "
+                    "only to a cluster it found itself: on the head use --address auto, elsewhere "
+                    f"set {AUTH_MODE_ENV}=token (token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise RayConnectError(f"cannot join the Ray cluster at {address}{hint}") from None
 
 
 def ray_init_kwargs(
@@ -49,7 +88,8 @@ def init_ray(
 ) -> str | None:
     """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray (with the dashboard unless
     ``dashboard=False``); without ``verbose``, Ray's deprecation warnings and INFO chatter are
-    silenced. Every job that runs Ray Train (sweep, train, finetune) starts Ray here."""
+    silenced. Every job that runs Ray Train (sweep, train, finetune) starts Ray here. Raises
+    ``RayConnectError`` when ``address`` cannot be joined."""
     import ray
 
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"  # this process's Train runs read it
@@ -59,7 +99,7 @@ def init_ray(
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = ray_init_kwargs(address, dashboard=dashboard, verbose=verbose)
     if address:
-        ctx = ray.init(**kwargs)
+        ctx = _join(kwargs, address)
         url = getattr(ctx, "dashboard_url", None)
         log(
             f"connected to the Ray cluster at {redact_text(address)}"

@@ -45,6 +45,7 @@ from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
     FinishedTrialLine,
     PlacementGroupReaper,
+    RayConnectError,
     TrialNamer,
     init_ray,
 )
@@ -316,7 +317,10 @@ def run_sweep(
     if not _is_uri(storage):
         storage = str(Path(storage).resolve())
     base, base_cfg = _base_configs(space)
-    init_ray(address, log, verbose=verbose)
+    try:
+        init_ray(address, log, verbose=verbose)
+    except RayConnectError as exc:
+        raise SweepError(str(exc)) from None
     concurrent, autoscaling, head_memory = _plan_cluster(
         space, base_cfg, storage, cluster_config=cluster_config,
         joined=bool(address or os.environ.get("RAY_ADDRESS")), shared_storage=shared_storage,
