@@ -146,4 +146,7 @@ def _read(args: argparse.Namespace, skipped: list | None) -> tuple:
         return readers.read_voxceleb(args.root, args.trials, skipped, args.min_seconds)
     if args.kind == "csv":
         return readers.read_csv(args.csv, args.trials, skipped, args.min_seconds)
-    return (readers.read_musan if args.kind == "musan" else readers.read_rirs)(args.root, skipped)
+    from speakertune.data import bank_readers
+
+    read = bank_readers.read_musan if args.kind == "musan" else bank_readers.read_rirs
+    return read(args.root, skipped)

@@ -228,7 +228,7 @@ def read_voxceleb(
     storage. Utterance ids are the paths relative to ``root`` (``id10270/x6uYqmx31kE/00001.wav``),
     which is what the official trial lists (``1 enroll test``) name."""
     root = str(root).rstrip("/") or "/"
-    found = _list_audio(root, storage_options, "VoxCeleb root directory not found")
+    found = list_audio(root, storage_options, "VoxCeleb root directory not found")
     rel, files = zip(*[(r, u) for r, u in found if r.count("/") == 2]) if found else ((), ())
     if not files:
         raise ManifestError(f"{root}: no <speaker>/<video>/<utt>.wav|.flac|.m4a files found")
@@ -243,7 +243,7 @@ def read_voxceleb(
     return df, _trials(trials_path, df["utt"], rel, skipped, storage_options)
 
 
-def _list_audio(root: str, storage_options: Opts, missing: str) -> list[tuple[str, str]]:
+def list_audio(root: str, storage_options: Opts, missing: str) -> list[tuple[str, str]]:
     """``(path relative to root, absolute URI)`` of every audio file under ``root``."""
     if not has_scheme(root):
         root = os.path.abspath(root)
@@ -326,47 +326,6 @@ def _trials(
     if not ok.all() and skipped is not None:
         skipped.append((str(path), f"{int((~ok).sum())} trial(s) dropped: they name skipped files"))
     return trials[ok].reset_index(drop=True)
-
-
-def read_musan(
-    root: str | Path, skipped: list[tuple[str, str]] | None = None
-) -> tuple[pd.DataFrame, None]:
-    """MUSAN (``root/{music,speech,noise}/<source>/<file>.wav``) as a noise bank manifest:
-    ``category`` (and ``spk``) is the top folder; ``speech`` is what babble mixes."""
-    return _bank(root, lambda rel: rel.split("/")[0] if rel.split("/")[0] in
-                 ("music", "speech", "noise") else None, skipped), None
-
-
-def read_rirs(
-    root: str | Path, skipped: list[tuple[str, str]] | None = None
-) -> tuple[pd.DataFrame, None]:
-    """RIRS_NOISES as an RIR bank: ``simulated_rirs/<room size>/Room*/*.wav`` (category = the
-    room size) and the real RIRs of ``real_rirs_isotropic_noises`` (files named ``*rir*``; the
-    isotropic noise recordings beside them are not impulse responses and are left out)."""
-
-    def category(rel: str) -> str | None:
-        parts = rel.split("/")
-        if parts[0] == "simulated_rirs" and len(parts) > 2:
-            return parts[1]
-        if parts[0] == "real_rirs_isotropic_noises" and "rir" in parts[-1].lower():
-            return "real"
-        return None
-
-    return _bank(root, category, skipped), None
-
-
-def _bank(root: str | Path, category: Any, skipped: list | None) -> pd.DataFrame:
-    root = str(root).rstrip("/") or "/"
-    rows = []
-    for rel, uri in _list_audio(root, None, "directory not found"):
-        cat = category(rel)
-        if cat:
-            rows.append({"utt": rel, "spk": cat, "category": cat, "uri": uri})
-    if not rows:
-        raise ManifestError(f"{root}: no audio files in the expected layout (see datasets/)")
-    df = pd.DataFrame(rows)
-    df = probe_durations(df, df["uri"].tolist(), skipped=skipped)
-    return validate_manifest(df, root)
 
 
 def materialize_segments(

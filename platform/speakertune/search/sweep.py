@@ -332,40 +332,29 @@ def run_sweep(
     report_dir.mkdir(parents=True, exist_ok=True)
     _prepare_corpus(base_cfg, log)
     train_root = _join(exp_path, "train_runs")
-    trainable = _trainable(
-        space,
-        base,
-        base_cfg,
-        train_root=train_root,
-        factory=trainer_factory,
-        max_failures=max_failures,
-        autoscaling=autoscaling,
-        head_memory=head_memory,
-    )
+    trainable = _trainable(space, base, base_cfg, train_root=train_root, factory=trainer_factory,
+                           max_failures=max_failures, autoscaling=autoscaling,
+                           head_memory=head_memory)  # fmt: skip
     if resume:
         log(f"resuming {exp_path}")
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     else:
-        tuner = _new_tuner(
-            space,
-            trainable,
-            name=name,
-            storage=storage,
-            concurrent=concurrent,
-            base_cfg=base_cfg,
-            verbose=verbose,
-        )
+        tuner = _new_tuner(space, trainable, name=name, storage=storage, concurrent=concurrent,
+                           base_cfg=base_cfg, verbose=verbose)  # fmt: skip
     log(f"sweep {name!r}: {space.search['num_samples']} trials, results in {exp_path}")
     results = tuner.fit()
-    result = write_report(
-        records_from_results(results, space, base, train_root),
-        space,
-        name=name,
-        exp_path=exp_path,
-        report_dir=report_dir,
-        det_top_n=det_top,
-        log=log,
-    )
+    result = write_report(records_from_results(results, space, base, train_root), space,
+                          name=name, exp_path=exp_path, report_dir=report_dir, det_top_n=det_top,
+                          log=log)  # fmt: skip
+    _after_report(space, result, exp_path, report_dir, log)
+    return result
+
+
+def _after_report(space: SearchSpace, result: SweepResult, exp_path: str, report_dir: Path,
+                  log: Callable[[str], None]) -> None:  # fmt: skip
+    """Once the report is written: fine-tune the top trials (``space.finetune``), remove the
+    trials' shared feature cache, and say where TensorBoard reads the runs."""
+    train_root = _join(exp_path, "train_runs")
     if space.finetune and space.finetune["top_k"]:
         from speakertune.train.finetune import finetune_top
 
@@ -377,4 +366,3 @@ def run_sweep(
             log(f"validation feature cache removed ({freed / 2**20:.1f} MB)")
     fast = " --load_fast=false" if _is_uri(train_root) else ""  # its fast loader skips S3
     log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")
-    return result
