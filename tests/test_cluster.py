@@ -37,6 +37,9 @@ def test_cluster_yaml_passes_ray_validation(raw: dict) -> None:
         assert not any("pip install" in c for c in cfg[key]), f"{key}: a resolve on the node"
     for key in ("worker_start_ray_commands", "head_start_ray_commands"):
         assert all("ray " not in c or ".venv/bin/ray" in c for c in cfg[key]), key
+        # token authentication on every node, with the token file_mounts copies there
+        assert all("RAY_AUTH_MODE=token" in c for c in cfg[key] if "ray start" in c), key
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     images = {t["node_config"].get("ImageId") for t in types.values()}
     assert len(images) == 1 and "nvidia-driver" in images.pop()  # one named image everywhere
     # no authentication on the dashboard: loopback only, reached through `ray dashboard`
@@ -86,16 +89,17 @@ def test_header_commands_are_exact() -> None:
     from speakertune.commands.sweep import build_parser
 
     cmds = _header_commands()
-    assert [c.split()[:2] for c in cmds if c.startswith("ray ")][:2] == [
-        ["ray", "up"], ["ray", "dashboard"]]
+    assert [c.split()[:2] for c in cmds if c.startswith("ray ")][:3] == [
+        ["ray", "get-auth-token"], ["ray", "up"], ["ray", "dashboard"]]
     submit = next(c for c in cmds if "ray job submit" in c)
+    assert submit.startswith("RAY_AUTH_MODE=token ")  # the job API asks for the shared token
     argv = shlex.split(submit.split(" -- ", 1)[1])
     assert argv[:2] == ["python", "jobs/sweep.py"] and (CLUSTER.parent / argv[1]).is_file()
     args = build_parser().parse_args(argv[2:])  # every flag exists, as written
     assert args.storage.startswith("s3://") and args.report_dir.startswith("/home/ubuntu/")
     rsync = next(c for c in cmds if "rsync-down" in c)
     assert args.report_dir in rsync  # fetches the report from where the job wrote it
-    assert "ray dashboard cluster.yaml" in cmds[1] and "127.0.0.1:8265" in submit
+    assert "ray dashboard cluster.yaml" in cmds[2] and "127.0.0.1:8265" in submit
 
 
 # ---------------------------------------------------------------- concurrency rule (pure)
