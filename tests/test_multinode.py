@@ -162,6 +162,12 @@ def _end_own_ray_processes() -> None:
             pass
 
 
+def _released(log: str) -> str:
+    """The resumed driver's line on placement groups the killed one left (a Ray race)."""
+    lines = [ln for ln in log.splitlines() if "left by ended Ray job" in ln]
+    return lines[0].split("] ", 1)[-1] if lines else "no placement group left by the killed driver"
+
+
 def _sweep(space: Path, storage: str, address: str, report: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(space), "--storage",
             storage, "--address", address, "--report-dir", str(report), *extra]  # fmt: skip
@@ -282,4 +288,5 @@ def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(
     assert len(events.get("Contents", [])) >= EPOCHS  # one event file per epoch (+ the DET)
     print(f"multi-node scenario took {took:.0f} s; both trials' first epoch on the worker "
           f"nodes was on S3 {first_epoch_s:.0f} s after the sweep started; epochs done at the "
-          f"loss: {before} of the lost trial, {len(seen[other])} of the other; {where}")
+          f"loss: {before} of the lost trial, {len(seen[other])} of the other; {where}; "
+          f"{_released(out)}")

@@ -145,6 +145,51 @@ def remove_placement_groups(ids: Iterable[str]) -> int:
     return removed
 
 
+def orphaned_placement_groups() -> dict[str, dict[str, float]]:
+    """Placement groups whose creator has ended, that Ray's GCS nevertheless keeps: not
+    detached, not removed, made by a job that is over and by no live actor. Returns
+    ``{id hex: resources}``.
+
+    Why they exist: the GCS removes a job's groups when the job ends, but a group whose create
+    request reaches it just after (a driver killed while a Train controller was starting its
+    workers) is registered anyway and holds its resources for good; a resumed sweep then waits
+    forever for them. Reads the GCS tables through ``ray._private.state`` (Ray is pinned):
+    the public state API needs a dashboard, and its flags ``creator_job_dead`` and
+    ``creator_actor_dead`` are false on exactly these groups.
+    """
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    table = gcs_pb2.PlacementGroupTableData
+    ended = {j["JobID"] for j in state.job_table() if j["IsDead"]}
+    found: dict[str, dict[str, float]] = {}
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = table.FromString(raw)
+        if pg.state == table.REMOVED or pg.is_detached or pg.creator_job_id.hex() not in ended:
+            continue
+        actor = pg.creator_actor_id.hex()
+        if actor.strip("f") and state.actor_table(actor).get("State", "DEAD") != "DEAD":
+            continue  # a live (detached) actor of an ended job still owns it
+        res: dict[str, float] = {}
+        for bundle in pg.bundles:
+            for key, value in bundle.unit_resources.items():
+                res[key] = res.get(key, 0.0) + value
+        found[pg.placement_group_id.hex()] = res
+    return found
+
+
+def release_orphaned_placement_groups(log: Callable[[str], None]) -> int:
+    """Remove ``orphaned_placement_groups()`` and say what that freed, in one line."""
+    found = orphaned_placement_groups()
+    n = remove_placement_groups(found)
+    if n:
+        cpu = sum(r.get("CPU", 0.0) for r in found.values())
+        gpu = sum(r.get("GPU", 0.0) for r in found.values())
+        log(f"released {n} placement group(s) left by ended Ray job(s) ({cpu:g} CPU, {gpu:g} "
+            "GPU): their driver died while creating them, and Ray kept them")
+    return n
+
+
 class PlacementGroupReaper(Callback):
     """Removes the Train worker placement groups of this sweep's stopped trials.
 
@@ -157,14 +202,19 @@ class PlacementGroupReaper(Callback):
     Ownership: every Train worker reports the id of its own placement group
     (``ray.util.get_current_placement_group``) as ``PG_METRIC``; only those ids are ever
     removed, never a group of another job or of a trial still running.
+
+    Every ``orphan_every_s`` it also releases ``orphaned_placement_groups()``: groups of an
+    ended job (an earlier driver of a resumed sweep) that Ray's GCS failed to remove.
     """
 
-    def __init__(self, grace_s: float = 5.0) -> None:
+    def __init__(self, grace_s: float = 5.0, orphan_every_s: float = 30.0) -> None:
         # A short wait after the trial ends lets its controller die first: removing the group
         # under a live controller would make it restart its workers in a new group.
         self.grace_s = grace_s
         self._groups: dict[str, set[str]] = {}  # trial id -> group ids its workers reported
         self._due: dict[str, float] = {}  # group id -> monotonic time it may be removed
+        self.orphan_every_s = orphan_every_s
+        self._orphan_check = 0.0  # monotonic time of the next check: the first step
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:  # fmt: skip
@@ -188,6 +238,9 @@ class PlacementGroupReaper(Callback):
         ready = [pg_id for pg_id, at in self._due.items() if at <= now]
         if ready:
             self._release(ready)
+        if now >= self._orphan_check:
+            self._orphan_check = now + self.orphan_every_s
+            release_orphaned_placement_groups(lambda line: print(f"[sweep] {line}", flush=True))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:
