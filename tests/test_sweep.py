@@ -143,70 +143,80 @@ def test_only_our_placement_groups_are_reaped(ray_local) -> None:
 
 _DYING_DRIVER = """
 import sys, time, ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group
 ray.init(address=sys.argv[1], log_to_driver=False)
-kept = placement_group([{"CPU": 0.01}], lifetime="detached")
-ray.get(kept.ready(), timeout=30)
+if sys.argv[2] == "detached":  # another job's group that outlives it on purpose
+    pg = placement_group([{"CPU": 0.01}], lifetime="detached")
+    ray.get(pg.ready(), timeout=30)
+else:
+    @ray.remote(num_cpus=0)
+    class Starter:  # like a Train controller starting its workers when the driver is killed
+        def spin(self):
+            while True:  # ~1 CPU in groups a second; Ray removes them when the job ends
+                placement_group([{"CPU": 0.01}])
+                time.sleep(0.01)
 
-@ray.remote(num_cpus=0)
-class Starter:  # like a Train controller starting its workers when the driver is killed
-    def spin(self):
-        while True:
-            remove_placement_group(placement_group([{"CPU": 0.01}]))
-            time.sleep(0.005)
-
-starter = Starter.remote()
-starter.spin.remote()
-time.sleep(1.0)
-print(kept.id.hex(), flush=True)
+    Starter.remote().spin.remote()
+    time.sleep(1.0)
+print(ray.get_runtime_context().get_job_id(), flush=True)
 time.sleep(600)
 """
 
 
-def test_groups_a_killed_driver_left_are_released(ray_local, tmp_path: Path) -> None:
+def _killed_driver(script: Path, address: str, kind: str) -> str:
+    """Run ``script`` as a driver of its own, SIGKILL it once it is busy; its job id."""
+    child = subprocess.Popen([sys.executable, str(script), address, kind], text=True,
+                             stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    job = child.stdout.readline().strip()
+    os.killpg(child.pid, 9)
+    child.wait(30)
+    return job
+
+
+def test_groups_a_killed_driver_left_are_released(ray_local, tmp_path: Path, capsys) -> None:
     """A driver killed while its actor creates placement groups: Ray 2.60's GCS removes the
     job's groups, but one whose request lands just after is kept with its resources for good
     (reproduced here; a resumed multi-node sweep waited 13 min for such a group's 2 CPUs).
-    Exactly those are found and released; a live job's and a detached group stay."""
+    The resumed sweep's reaper removes the groups of its own earlier drivers, and no others:
+    not a live job's, not another ended job's detached group."""
     ray = ray_local
     from ray.util.placement_group import placement_group_table, remove_placement_group
 
     script = tmp_path / "dying_driver.py"
     script.write_text(_DYING_DRIVER)
     address = ray.get_runtime_context().gcs_address
-    live = ray.util.placement_group([{"CPU": 0.01}])  # this job's: alive, never an orphan
-    detached, orphans = [], {}
+    exp = tmp_path / "exp"
+    assert ray_runtime.record_driver(str(exp)) == set()  # the sweep's first driver
+    head, me = ray_runtime.driver_identity().split(":")
+    live = ray.util.placement_group([{"CPU": 0.01}])  # this job's: alive
+    other = _killed_driver(script, address, "detached")
+    theirs = ray_runtime.groups_of_jobs({other})
+    assert len(theirs) == 1
     try:
         for _ in range(10):  # seen in 1 to 4 tries
-            child = subprocess.Popen([sys.executable, str(script), address], text=True,
-                                     stdout=subprocess.PIPE, start_new_session=True)  # fmt: skip
-            detached.append(child.stdout.readline().strip())
-            os.killpg(child.pid, 9)
-            child.wait(30)
-            deadline = time.monotonic() + 3  # such a group appears within 0.2 s
-            while not orphans and time.monotonic() < deadline:
-                time.sleep(0.5)
-                orphans = ray_runtime.orphaned_placement_groups()
-            if orphans:
+            earlier = _killed_driver(script, address, "spin")
+            time.sleep(2.0)  # the job's end is handled in ~0.1 s, such a group lands after
+            left = ray_runtime.groups_of_jobs({earlier})
+            time.sleep(1.0)
+            if left and ray_runtime.groups_of_jobs({earlier}) == left:  # kept, not in flight
                 break
-        assert orphans, "no group outlived its killed driver in 10 tries"
-        table = placement_group_table()
-        assert all(table[i]["state"] != "REMOVED" for i in orphans)
-        assert not {live.id.hex(), *detached} & set(orphans)
-        assert all(r == {"CPU": 0.01} for r in orphans.values()), orphans
-        lines: list[str] = []
-        assert ray_runtime.release_orphaned_placement_groups(lines.append) == len(orphans)
-        assert len(lines) == 1 and f"released {len(orphans)} placement group(s)" in lines[0]
-        wait_for(lambda: all(placement_group_table()[i]["state"] == "REMOVED" for i in orphans),
-                 10, "orphans removed")  # fmt: skip
-        assert ray_runtime.orphaned_placement_groups() == {}
+        assert left, "no group outlived its killed driver in 10 tries"
+        assert all(r == {"CPU": 0.01} for r in left.values()), left
+        # the sweep resumed: its ledger lists the killed driver, and a driver of an older cluster
+        (exp / ray_runtime.DRIVERS_FILE).write_text(f"{head}:{earlier}\nffff:{other}\n")
+        reaper = ray_runtime.EarlierDriverReaper(str(exp), every_s=60.0)
+        reaper.setup()
+        reaper.on_step_begin(0, [])
+        assert f"released {len(left)} placement group(s)" in capsys.readouterr().out
+        wait_for(lambda: not ray_runtime.groups_of_jobs({earlier}), 10, "the groups removed")
+        assert (exp / ray_runtime.DRIVERS_FILE).read_text().split() == [
+            f"{head}:{earlier}", f"ffff:{other}", f"{head}:{me}"]  # fmt: skip
         table = placement_group_table()
         assert table[live.id.hex()]["state"] == "CREATED"
-        assert all(table[i]["state"] == "CREATED" for i in detached)  # detached: kept
+        assert all(table[i]["state"] == "CREATED" for i in theirs)  # not this sweep's
     finally:
-        for pg_id in [live.id.hex(), *detached]:
-            if pg_id:
-                remove_placement_group(_handle(ray, pg_id))
+        for pg_id in [live.id.hex(), *theirs]:
+            remove_placement_group(_handle(ray, pg_id))
 
 
 def _handle(ray, pg_id: str):

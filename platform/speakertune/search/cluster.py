@@ -171,15 +171,20 @@ def trial_head_memory(head_memory: float | None) -> float:
     return TRIAL_HEAD_MEMORY if head_memory is None else min(TRIAL_HEAD_MEMORY, head_memory)
 
 
-def head_node_memory() -> float | None:
-    """The head node's Ray ``memory`` resource (bytes), None if no live head reports one."""
+def head_node() -> dict[str, Any]:
+    """The live head node's entry of ``ray.nodes()``; {} if none is up."""
     import ray
 
     for node in ray.nodes():
-        res = node.get("Resources") or {}
-        if node.get("Alive") and HEAD_NODE_RESOURCE in res and res.get("memory"):
-            return float(res["memory"])
-    return None
+        if node.get("Alive") and HEAD_NODE_RESOURCE in (node.get("Resources") or {}):
+            return node
+    return {}
+
+
+def head_node_memory() -> float | None:
+    """The head node's Ray ``memory`` resource (bytes), None if no live head reports one."""
+    memory = head_node().get("Resources", {}).get("memory")
+    return float(memory) if memory else None
 
 
 def cluster_concurrency(

@@ -13,12 +13,15 @@ from typing import Any
 from ray.tune import Callback
 
 from speakertune.config import get_dotted
+from speakertune.data import storage
 from speakertune.quiet import VERBOSE_ENV, job_env, silence_ray
 from speakertune.redact import redact_config, redact_text
+from speakertune.search.cluster import head_node
 from speakertune.train.worker import PG_METRIC
 
 LOCAL_DASHBOARD_PORT = 8265
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication (on by default)
+DRIVERS_FILE = "drivers.txt"  # beside Tune's state: every driver a sweep ever had, one a line
 
 
 class RayConnectError(ValueError):
@@ -145,49 +148,39 @@ def remove_placement_groups(ids: Iterable[str]) -> int:
     return removed
 
 
-def orphaned_placement_groups() -> dict[str, dict[str, float]]:
-    """Placement groups whose creator has ended, that Ray's GCS nevertheless keeps: not
-    detached, not removed, made by a job that is over and by no live actor. Returns
-    ``{id hex: resources}``.
+def driver_identity() -> str:
+    """``HEAD_NODE_ID:JOB_ID`` of this driver. Job ids restart at 01000000 with each Ray
+    cluster; the head's node id tells one cluster from the next."""
+    import ray
 
-    Why they exist: the GCS removes a job's groups when the job ends, but a group whose create
-    request reaches it just after (a driver killed while a Train controller was starting its
-    workers) is registered anyway and holds its resources for good; a resumed sweep then waits
-    forever for them. Reads the GCS tables through ``ray._private.state`` (Ray is pinned):
-    the public state API needs a dashboard, and its flags ``creator_job_dead`` and
-    ``creator_actor_dead`` are false on exactly these groups.
-    """
-    from ray._private.state import state
-    from ray.core.generated import gcs_pb2
+    return f"{head_node().get('NodeID', '')}:{ray.get_runtime_context().get_job_id()}"
 
-    table = gcs_pb2.PlacementGroupTableData
-    ended = {j["JobID"] for j in state.job_table() if j["IsDead"]}
+
+def record_driver(exp_path: str) -> set[str]:
+    """Add this driver to ``<exp_path>/drivers.txt``; returns the job ids of the sweep's
+    earlier drivers on this same cluster (a resumed sweep's killed predecessors)."""
+    uri = storage.join(exp_path, DRIVERS_FILE)
+    lines = storage.read_text(uri).split() if storage.exists(uri) else []
+    me = driver_identity()
+    storage.write_bytes(uri, "".join(f"{ln}\n" for ln in [*lines, me]).encode())
+    head = me.split(":")[0]
+    return {ln.split(":")[1] for ln in lines if ln.split(":")[0] == head and ln != me}
+
+
+def groups_of_jobs(jobs: set[str]) -> dict[str, dict[str, float]]:
+    """``{id hex: resources}`` of the placement groups that jobs ``jobs`` created and that
+    still hold resources. A group's id ends with its creator job's id (Ray's ID layout)."""
+    from ray.util.placement_group import placement_group_table
+
     found: dict[str, dict[str, float]] = {}
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        pg = table.FromString(raw)
-        if pg.state == table.REMOVED or pg.is_detached or pg.creator_job_id.hex() not in ended:
-            continue
-        actor = pg.creator_actor_id.hex()
-        if actor.strip("f") and state.actor_table(actor).get("State", "DEAD") != "DEAD":
-            continue  # a live (detached) actor of an ended job still owns it
-        res: dict[str, float] = {}
-        for bundle in pg.bundles:
-            for key, value in bundle.unit_resources.items():
-                res[key] = res.get(key, 0.0) + value
-        found[pg.placement_group_id.hex()] = res
+    for pg_id, info in placement_group_table().items():
+        if info.get("state") != "REMOVED" and any(pg_id.endswith(job) for job in jobs):
+            res: dict[str, float] = {}
+            for bundle in info.get("bundles", {}).values():
+                for key, value in bundle.items():
+                    res[key] = res.get(key, 0.0) + value
+            found[pg_id] = res
     return found
-
-
-def release_orphaned_placement_groups(log: Callable[[str], None]) -> int:
-    """Remove ``orphaned_placement_groups()`` and say what that freed, in one line."""
-    found = orphaned_placement_groups()
-    n = remove_placement_groups(found)
-    if n:
-        cpu = sum(r.get("CPU", 0.0) for r in found.values())
-        gpu = sum(r.get("GPU", 0.0) for r in found.values())
-        log(f"released {n} placement group(s) left by ended Ray job(s) ({cpu:g} CPU, {gpu:g} "
-            "GPU): their driver died while creating them, and Ray kept them")
-    return n
 
 
 class PlacementGroupReaper(Callback):
@@ -202,19 +195,14 @@ class PlacementGroupReaper(Callback):
     Ownership: every Train worker reports the id of its own placement group
     (``ray.util.get_current_placement_group``) as ``PG_METRIC``; only those ids are ever
     removed, never a group of another job or of a trial still running.
-
-    Every ``orphan_every_s`` it also releases ``orphaned_placement_groups()``: groups of an
-    ended job (an earlier driver of a resumed sweep) that Ray's GCS failed to remove.
     """
 
-    def __init__(self, grace_s: float = 5.0, orphan_every_s: float = 30.0) -> None:
+    def __init__(self, grace_s: float = 5.0) -> None:
         # A short wait after the trial ends lets its controller die first: removing the group
         # under a live controller would make it restart its workers in a new group.
         self.grace_s = grace_s
         self._groups: dict[str, set[str]] = {}  # trial id -> group ids its workers reported
         self._due: dict[str, float] = {}  # group id -> monotonic time it may be removed
-        self.orphan_every_s = orphan_every_s
-        self._orphan_check = 0.0  # monotonic time of the next check: the first step
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:  # fmt: skip
@@ -238,9 +226,6 @@ class PlacementGroupReaper(Callback):
         ready = [pg_id for pg_id, at in self._due.items() if at <= now]
         if ready:
             self._release(ready)
-        if now >= self._orphan_check:
-            self._orphan_check = now + self.orphan_every_s
-            release_orphaned_placement_groups(lambda line: print(f"[sweep] {line}", flush=True))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for trial in trials:
@@ -254,6 +239,44 @@ class PlacementGroupReaper(Callback):
         n = remove_placement_groups(ids)
         if n:
             print(f"[sweep] released {n} placement group(s) of stopped trial(s)", flush=True)
+
+
+class EarlierDriverReaper(Callback):
+    """Removes the placement groups that a resumed sweep's earlier, killed drivers left.
+
+    Why they exist: Ray's GCS removes a job's groups when the job ends, but a group whose
+    create request reaches it just after (a Train controller was starting workers when the
+    driver was killed) is registered anyway and holds its resources for good; the resumed
+    trial then waits for them forever. Only groups created by this sweep's own earlier
+    drivers on this cluster (``record_driver``) are touched, never another job's.
+    """
+
+    def __init__(self, exp_path: str, every_s: float = 30.0) -> None:
+        self.exp_path, self.every_s = exp_path, every_s
+        self.setup()
+
+    def setup(self, **info: Any) -> None:
+        # Tune calls this when each driver starts: a restored Tuner unpickles its callbacks
+        self._jobs: set[str] | None = None
+        self._next = 0.0  # monotonic time of the next look: the first step
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s  # a late group registers a moment after its job ends
+        if self._jobs is None:
+            try:
+                self._jobs = record_driver(self.exp_path)
+            except storage.StorageError as exc:
+                print(f"[sweep] earlier drivers unknown: {exc}", flush=True)
+                self._jobs = set()
+        found = groups_of_jobs(self._jobs) if self._jobs else {}
+        if remove_placement_groups(found):
+            cpu = sum(r.get("CPU", 0.0) for r in found.values())
+            gpu = sum(r.get("GPU", 0.0) for r in found.values())
+            print(f"[sweep] released {len(found)} placement group(s) left by this sweep's "
+                  f"killed driver ({cpu:g} CPU, {gpu:g} GPU)", flush=True)  # fmt: skip
 
 
 def _lookup(config: dict[str, Any], path: str) -> Any:

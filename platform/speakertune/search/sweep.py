@@ -43,6 +43,7 @@ from speakertune.search.cluster import (
 )
 from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
+    EarlierDriverReaper,
     FinishedTrialLine,
     PlacementGroupReaper,
     RayConnectError,
@@ -289,6 +290,7 @@ def _new_tuner(
             callbacks=[
                 FinishedTrialLine(s["metric"], asha and asha["max_t"]),
                 PlacementGroupReaper(),
+                EarlierDriverReaper(_join(storage, name)),
             ],
             verbose=2 if verbose else 1,
         ),
