@@ -164,7 +164,7 @@ def _end_own_ray_processes() -> None:
 
 def _released(log: str) -> str:
     """The resumed driver's line on placement groups the killed one left (a Ray race)."""
-    lines = [ln for ln in log.splitlines() if "left by ended Ray job" in ln]
+    lines = [ln for ln in log.splitlines() if "left by this sweep's killed driver" in ln]
     return lines[0].split("] ", 1)[-1] if lines else "no placement group left by the killed driver"
 
 
@@ -284,6 +284,10 @@ def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(
     assert all(r["train_node_id"] in by_id for r in rows + done_rows)
     progress = client.get_object(Bucket=BUCKET, Key=f"{runs[lost_trial]}/progress.log")
     assert f"resumed from checkpoint after epoch {moved[0] - 1}" in progress["Body"].read().decode()
+    # both drivers recorded themselves: the resumed one knew the killed one's groups as its own
+    ledger = client.get_object(Bucket=BUCKET, Key=f"{PREFIX}/tiny/drivers.txt")["Body"].read()
+    drivers = [ln.split(":") for ln in ledger.decode().split()]
+    assert len(drivers) == 2 and drivers[0][0] == drivers[1][0] and drivers[0] != drivers[1]
     events = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{runs[lost_trial]}/tensorboard/")
     assert len(events.get("Contents", [])) >= EPOCHS  # one event file per epoch (+ the DET)
     print(f"multi-node scenario took {took:.0f} s; both trials' first epoch on the worker "
