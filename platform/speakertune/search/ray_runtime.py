@@ -163,8 +163,9 @@ def record_driver(exp_path: str) -> set[str]:
     lines = storage.read_text(uri).split() if storage.exists(uri) else []
     me = driver_identity()
     storage.write_bytes(uri, "".join(f"{ln}\n" for ln in [*lines, me]).encode())
-    head = me.split(":")[0]
-    return {ln.split(":")[1] for ln in lines if ln.split(":")[0] == head and ln != me}
+    head = me.partition(":")[0]
+    earlier = (ln.partition(":") for ln in lines if ln != me)
+    return {job for h, _, job in earlier if h == head and job}
 
 
 def groups_of_jobs(jobs: set[str]) -> dict[str, dict[str, float]]:
@@ -174,7 +175,8 @@ def groups_of_jobs(jobs: set[str]) -> dict[str, dict[str, float]]:
 
     found: dict[str, dict[str, float]] = {}
     for pg_id, info in placement_group_table().items():
-        if info.get("state") != "REMOVED" and any(pg_id.endswith(job) for job in jobs):
+        # a blank id would match every group
+        if info.get("state") != "REMOVED" and any(job and pg_id.endswith(job) for job in jobs):
             res: dict[str, float] = {}
             for bundle in info.get("bundles", {}).values():
                 for key, value in bundle.items():
