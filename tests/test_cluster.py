@@ -334,3 +334,33 @@ def test_progress_history_and_tensorboard_land_in_s3(s3_server, monkeypatch, tmp
                 else:
                     scalars.setdefault(v.tag, {})[ev.step] = v.simple_value
     assert scalars["train/loss"] == {1: 1.0, 2: 0.5} and "val/det" in images
+
+
+def test_rsync_excludes_copy_every_tracked_file(raw: dict, tmp_path: Path) -> None:
+    """What `ray up` copies to each node, with Ray's own rsync arguments and the real rsync:
+    every file git tracks arrives (an unanchored `data` once dropped platform/speakertune/data/),
+    and the local corpus, runs, venv, git folder and GPU bundle stay behind."""
+    import shutil
+    import subprocess
+
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (.ci/run installs Debian's rsync)")
+    repo = CLUSTER.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.split()  # fmt: skip
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    for rel in tracked:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / rel, src / rel, follow_symlinks=False)
+    left = ["data/synth/manifest.parquet", "runs/quickstart/leaderboard.md", ".venv/bin/python",
+            ".git/HEAD", "benchmarks/gpu/bundle/ray.whl", "platform/speakertune/__pycache__/x.pyc"]
+    for rel in left:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text("x")
+    args = SSHCommandRunner._create_rsync_filter_args(None, {"rsync_exclude": raw["rsync_exclude"]})
+    subprocess.run(["rsync", "-a", *args, f"{src}/", f"{dest}/"], check=True)
+    missing = [rel for rel in tracked if not (dest / rel).exists()]
+    assert not missing, f"not copied to the nodes: {missing[:5]}"
+    assert not [rel for rel in left if (dest / rel).exists()]

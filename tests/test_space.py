@@ -288,3 +288,42 @@ def test_component_options_are_checked_by_building() -> None:
     bad = _mutate("components/model", {"tdnn": {"chanels": 32}})
     with pytest.raises(sp.SpaceError, match=r"x.yaml: model.chanels: unknown option"):
         sampler.check_builds(_parse(bad))
+
+
+AUGMENTED = {
+    "name": "aug",
+    "base": {"model": {"name": "tdnn", "channels": 16, "out_channels": 32}, "embed_dim": 16,
+             "features": {"num_mel_bins": 24},
+             "augment": {"noise_prob": 0.5, "reverb_prob": 0.3, "specaug_prob": 0.5}},
+    "params": {"loss.name": {"choice": ["softmax", "ge2e"]}},
+}  # fmt: skip
+
+
+def test_check_runs_the_trials_path_rewrite_and_a_training_step(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The defect of the documented sweep: ``builtin`` rewritten into ``<cwd>/builtin``. Put
+    back (``builtin`` no longer a name), ``--check`` fails in one line naming the key."""
+    from speakertune.commands import sweep as cmd
+    from speakertune.data import paths
+
+    path = tmp_path / "aug.yaml"
+    path.write_text(yaml.safe_dump(AUGMENTED))
+    monkeypatch.chdir(tmp_path)
+    assert cmd.main(["--space", str(path), "--check"]) == 0
+    assert "2 component configs built" in capsys.readouterr().out  # softmax and ge2e stepped
+    monkeypatch.setattr(paths, "NOT_PATHS", frozenset())
+    assert cmd.main(["--space", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"augment.noise_bank: {tmp_path / 'builtin'}: noise/RIR bank not found" in err[0]
+    assert "aug.yaml" in err[0] and "'loss.name': 'softmax'" in err[0]
+
+
+def test_cover_lists_unconditional_choices() -> None:
+    s = _parse(_mutate("search/cover", ["loss.name"]))
+    assert sampler.cover_points(s) == [{"loss.name": v} for v in ["softmax", "aam_softmax",
+                                                                  "am_softmax"]]
+    for bad in (["loss.scale"], ["optimizer.lr"], ["model.name"], "loss.name"):
+        with pytest.raises(sp.SpaceError, match=r"x.yaml: search.cover: "):
+            _parse(_mutate("search/cover", bad))

@@ -99,11 +99,76 @@ def test_invalid_space_fails_before_ray_starts(tmp_path: Path) -> None:
     assert "Ray" not in out.stdout
 
 
-def test_absolute_data_paths(tmp_path: Path) -> None:
-    cfg = {"data": {"root": "data/synth", "manifest": "s3://b/m.parquet"}, "augment": {}}
-    out = sweep.absolute_data_paths(cfg, tmp_path)
+def test_absolute_paths_keep_builtin_banks_and_uris(tmp_path: Path) -> None:
+    from speakertune.data.paths import absolute_paths, local_paths
+
+    cfg = {"data": {"root": "data/synth", "manifest": "s3://b/m.parquet",
+                    "test": {"o": "lists/o.txt"}},
+           "augment": {"noise_bank": "builtin", "rir_bank": "banks/rirs"},
+           "trainer": {"init_checkpoint": None}}  # fmt: skip
+    assert [k for k, _ in local_paths(cfg)] == ["data.root", "augment.rir_bank",
+                                                "data.test.o.trials"]
+    out = absolute_paths(cfg, tmp_path)
     assert out["data"]["root"] == str(tmp_path / "data/synth")
     assert out["data"]["manifest"] == "s3://b/m.parquet"
+    assert out["data"]["test"]["o"] == {"trials": str(tmp_path / "lists/o.txt")}
+    assert out["augment"] == {"noise_bank": "builtin", "rir_bank": str(tmp_path / "banks/rirs")}
+    assert out["trainer"]["init_checkpoint"] is None
+
+
+def test_errors_that_cannot_heal_are_not_retried() -> None:
+    from ray.train import WorkerGroupError
+    from speakertune.config import ConfigError
+    from speakertune.search.failures import cannot_heal, run_with_retry
+
+    assert cannot_heal(ConfigError("augment.noise_bank: x"))
+    assert not cannot_heal(RuntimeError("node lost"))
+    assert cannot_heal(WorkerGroupError("w", {0: ConfigError("a"), 1: KeyError("b")}))
+    assert not cannot_heal(WorkerGroupError("w", {0: ConfigError("a"), 1: OSError("gone")}))
+    calls: list[str] = []
+
+    def flaky() -> str:
+        calls.append("x")
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return "ok"
+
+    assert run_with_retry(flaky, log=calls.append) == "ok"
+    assert calls[1].startswith("trial failed (transient); retry 1 of 1")
+
+    def broken() -> None:
+        calls.append("y")
+        raise ConfigError("data.root: bad")
+
+    calls.clear()
+    with pytest.raises(ConfigError):
+        run_with_retry(broken, log=calls.append)
+    assert calls == ["y"]  # failed once, no retry
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_ends_early_without_retries(ray_local,
+                                                                  tmp_path: Path) -> None:
+    """Every trial raises a configuration error on start-up: each fails once (Tune retries
+    nothing), the sweep stops after the first 3 of its 6 trials, the report names the error."""
+    calls = tmp_path / "calls.txt"
+
+    def factory(cfg, **kw):
+        with open(calls, "a") as f:
+            f.write(kw["name"] + "\n")
+        from speakertune.config import ConfigError
+
+        raise ConfigError("augment.noise_bank: /nowhere: noise/RIR bank not found")
+
+    space = tiny_space(tmp_path / "corpus", num_samples=6)
+    space["search"]["max_concurrent"] = 1
+    result = sweep.run_sweep(parse_space(space, source="t.yaml"), storage=str(tmp_path / "runs"),
+                             report_root=tmp_path / "report", trainer_factory=factory,
+                             log=lambda m: None)  # fmt: skip
+    names = calls.read_text().split()
+    assert len(names) == 3 and len(set(names)) == 3, names  # 3 trials, one call each
+    assert len(result.leaderboard) == 3 and result.num_errors == 3
+    assert "ConfigError: augment.noise_bank: /nowhere" in result.first_error
 
 
 def test_only_our_placement_groups_are_reaped(ray_local) -> None:

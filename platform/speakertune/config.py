@@ -230,3 +230,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def trial_config(
+    base: dict[str, Any],
+    flat: dict[str, Any],
+    components: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """DEFAULTS <- base <- per-component kwargs <- sampled dotted values.
+
+    A sampled ``<component>.name`` that differs from the base replaces that component's dict
+    (``config.set_names``), so that e.g. a default margin never rides on plain softmax.
+    """
+    cfg = resolve(base)
+    rest = set_names(cfg, flat)
+    for section, by_name in (components or {}).items():
+        node = cfg[section]
+        if isinstance(node, dict) and node["name"] in by_name:
+            cfg[section] = {**node, **copy.deepcopy(by_name[node["name"]]), "name": node["name"]}
+    for path, value in rest.items():
+        set_dotted(cfg, path, copy.deepcopy(value))
+    return cfg

@@ -94,4 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, ConfigError) as exc:
         print(f"error: {redact.redact_text(str(exc))}", file=sys.stderr)
         return 2
-    return 1 if result.leaderboard["val_eer"].notna().sum() == 0 else 0
+    if result.leaderboard["val_eer"].notna().sum() == 0:
+        why = f"; the first error: {result.first_error}" if result.first_error else ""
+        print(f"error: no trial reported a dev EER{why}", file=sys.stderr)
+        return 1
+    return 0

@@ -10,8 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from speakertune.data.paths import BUILTIN
+
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".sph")
-BUILTIN = "builtin"
 
 
 class AugmentError(ValueError):

@@ -15,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from speakertune.config import trial_config
+from speakertune.data.paths import absolute_paths
 from speakertune.redact import redact_config, redact_text
 from speakertune.search import leaderboard as lb
-from speakertune.search.sampler import trial_config
 from speakertune.search.space import SearchSpace
 from speakertune.train.driver import trial_resources
 
@@ -30,6 +31,7 @@ class SweepResult:
     leaderboard: pd.DataFrame
     files: dict[str, Path | None]
     num_errors: int
+    first_error: str | None = None  # "trial: Type: message" of the first trial that failed
 
 
 def checkpoint_uri(filesystem: Any, path: Any) -> Any:
@@ -141,7 +143,9 @@ def write_report(
     for key in ("csv", "importances", "test_results", "det", "pareto", "best"):
         if files.get(key):
             log(f"{key}: {files[key]}")
-    return SweepResult(name, exp_path, report_dir, df, files, errors)
+    failed = [r for r in records if r.error]
+    first = f"trial {failed[0].trial_id}: {failed[0].error}" if failed else None
+    return SweepResult(name, exp_path, report_dir, df, files, errors, first)
 
 
 def _test_lists(df: pd.DataFrame, space: SearchSpace, report_dir: Path,
@@ -149,10 +153,9 @@ def _test_lists(df: pd.DataFrame, space: SearchSpace, report_dir: Path,
     """Score the top ``search.test_top_k`` trials on ``data.test`` (after ranking: reported
     only); ``df`` with the test columns and the ``test_results.md`` path (None without lists)."""
     from speakertune.search.holdout import evaluate_test_lists, write_test_results
-    from speakertune.search.sweep import absolute_data_paths
 
     s = space.search
-    data = absolute_data_paths(space.trial_config({}))["data"]
+    data = absolute_paths(space.trial_config({}))["data"]
     if not data.get("test") or not s.get("test_top_k", 3):
         return df, None
     backend = s.get("backend", "cosine")

@@ -1,18 +1,20 @@
 """Optuna define-by-run sampling of a ``SearchSpace`` and the trial config it gives.
 
 ``suggest`` samples the active parameters (a parameter whose ``when`` conditions fail is not
-sampled at all), ``trial_config`` turns the sampled dotted values into a full config, and
-``check_builds`` builds a few sampled configs so a bad component option fails before Ray starts,
-and ``check_data`` reads the corpus roles (a bad ``data.test`` entry fails there too).
+sampled at all); ``check_builds`` runs a trial's pre-flight (path rewrite, start-up check, one
+training step) on a config per categorical value, so a space that cannot train fails before Ray
+starts, and ``check_data`` reads the corpus roles (a bad ``data.test`` entry fails there too).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from speakertune.config import ConfigError, resolve, set_dotted, set_names
-from speakertune.search.space import COMPONENTS, Param, SearchSpace, SpaceError
+from speakertune.config import ConfigError
+from speakertune.data.paths import absolute_paths
+from speakertune.frontend.batch import frontend_mode
+from speakertune.search.space import Param, SearchSpace, SpaceError
+from speakertune.train.preflight import check_config, dry_step
 
 
 def active(param: Param, values: dict[str, Any]) -> bool:
@@ -37,6 +39,12 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     return values
 
 
+def cover_points(space: SearchSpace) -> list[dict[str, Any]]:
+    """``search.cover``: one first trial per value of each listed choice parameter (the others
+    sampled as usual), so every architecture or loss is trained once before TPE narrows in."""
+    return [{path: v} for path in space.search["cover"] for v in space.params[path].args]
+
+
 class SpaceSampler:
     """Picklable define-by-run function for ``OptunaSearch(space=...)``."""
 
@@ -47,62 +55,40 @@ class SpaceSampler:
         suggest(trial, self.space)  # OptunaSearch reads the values off the trial
 
 
-def trial_config(
-    base: dict[str, Any],
-    flat: dict[str, Any],
-    components: dict[str, dict[str, dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
-    """DEFAULTS <- base <- per-component kwargs <- sampled dotted values.
-
-    A sampled ``<component>.name`` that differs from the base replaces that component's dict
-    (``config.set_names``), so that e.g. a default margin never rides on plain softmax.
-    """
-    cfg = resolve(base)
-    rest = set_names(cfg, flat)
-    for section, by_name in (components or {}).items():
-        node = cfg[section]
-        if isinstance(node, dict) and node["name"] in by_name:
-            cfg[section] = {**node, **copy.deepcopy(by_name[node["name"]]), "name": node["name"]}
-    for path, value in rest.items():
-        set_dotted(cfg, path, copy.deepcopy(value))
-    return cfg
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
-    """Build the encoder and loss of every component choice (plus a few random samples), so a
-    bad component option fails here, before Ray starts. Returns the number of configs built."""
+    """Run what a trial runs before it trains, on the driver, before Ray starts: for one
+    sampled config per value of every categorical parameter (plus a few random samples), the
+    trial's own path rewrite and start-up check (``train.preflight.check_config``), then one
+    training step on a tiny CPU batch (front end, augmentation banks, encoder, loss,
+    optimiser). A config that cannot train raises ``SpaceError`` naming the space, the key and
+    the sampled values. Returns the number of distinct configs stepped."""
     import optuna
-
-    from speakertune.frontend.batch import frontend_mode
-    from speakertune.frontend.features import feature_dim
-    from speakertune.losses import build_loss
-    from speakertune.models import build_encoder
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     for p in space.params.values():
-        if p.kind == "choice" and p.path.split(".")[0] in COMPONENTS and p.path.endswith(".name"):
+        if p.kind == "choice":
             for v in p.args:
                 study.enqueue_trial({p.path: v}, skip_if_exists=True)
-    n = len(study.get_trials()) + samples
     seen: set[str] = set()
-    banks: set[str] = set()
-    for _ in range(n):
+    for _ in range(len(study.get_trials()) + samples):
         flat = suggest(study.ask(), space)
-        cfg = space.trial_config(flat)
-        _check_banks_once(cfg, space.source, banks)
-        key = repr([cfg[k] for k in ("model", "pooling", "loss", "features", "embed_dim")])
+        key = repr(sorted((k, v) for k, v in flat.items()
+                          if space.params[k].kind in ("choice", "int")))
         if key in seen:
             continue
         seen.add(key)
         try:
-            dim = feature_dim(cfg)
+            cfg = absolute_paths(space.trial_config(flat))  # as every trial gets it
+            check_config(cfg)
             frontend_mode(cfg)  # frontend.device: a known value; gpu only where CUDA is
-            build_encoder(cfg["model"], cfg["pooling"], dim, int(cfg["embed_dim"]))
-            build_loss(cfg["loss"], int(cfg["embed_dim"]), 8)
-        except (ConfigError, ValueError, TypeError, KeyError) as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SpaceError(f"{space.source}: {msg} (with {flat})") from None
+            dry_step(cfg, seed)
+        except (ConfigError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise SpaceError(f"{space.source}: {_first_line(exc)} (with {flat})") from None
     return len(seen)
 
 
@@ -118,17 +104,3 @@ def check_data(space: SearchSpace) -> str:
         msg = str(exc)
         raise SpaceError(f"{space.source}: {'base.' if msg.startswith('data.') else ''}{msg}") \
             from None
-
-
-def _check_banks_once(cfg: dict[str, Any], source: str, seen: set[str]) -> None:
-    """A noise/RIR bank the augmentation needs must exist and hold audio (listed once each)."""
-    from speakertune.frontend.banks import AugmentError, check_banks, needed_banks
-
-    aug = cfg["augment"]
-    key = repr(("banks", needed_banks(aug), aug["noise_bank"], aug["rir_bank"]))
-    if key not in seen:
-        seen.add(key)
-        try:
-            check_banks(cfg, where=f"{source}: augment")
-        except AugmentError as exc:
-            raise SpaceError(str(exc)) from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml
+from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, trial_config
 from speakertune.search.objectives import objective_error
 from speakertune.search.params import (  # noqa: F401 - Param, COMPONENTS re-exported
     COMPONENTS,
@@ -73,6 +73,8 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     # several objectives (search.objectives): Optuna searches for the trade-off, e.g.
     # [dev_eer, params] or [dev_eer, latency_ms]; None: the one metric above
     "objectives": None,
+    # choice parameters each of whose values gets one of the first trials (search.sampler)
+    "cover": [],
 }
 ASHA_KEYS = ("grace_period", "reduction_factor", "max_t")
 
@@ -94,8 +96,6 @@ class SearchSpace:
 
     def trial_config(self, flat: dict[str, Any]) -> dict[str, Any]:
         """The full trial config: DEFAULTS <- base <- resources <- sampled values."""
-        from speakertune.search.sampler import trial_config  # sampler imports this module
-
         return trial_config(self.base, flat, self.components)
 
 
@@ -122,7 +122,18 @@ def _reject_unknown(source: str, section: str, raw: dict, known: Any) -> None:
         raise fail(source, f"{section}.{unknown[0]}", f"unknown key; known: {', '.join(known)}")
 
 
-def _parse_search(source: str, raw: Any) -> dict[str, Any]:
+def _check_cover(source: str, cover: Any, params: dict[str, Param]) -> None:
+    """``search.cover`` lists unconditional choice parameters of the space."""
+    if not isinstance(cover, list):
+        raise fail(source, "search.cover", f"must be a list of choice parameters, got {cover!r}")
+    for path in cover:
+        p = params.get(path)
+        if p is None or p.kind != "choice" or p.when:
+            raise fail(source, "search.cover", f"{path!r} is not an unconditional choice "
+                       "parameter of params")
+
+
+def _parse_search(source: str, raw: Any, params: dict[str, Param]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise fail(source, "search", "must be a mapping")
     _reject_unknown(source, "search", raw, SEARCH_DEFAULTS)
@@ -149,6 +160,7 @@ def _parse_search(source: str, raw: Any) -> dict[str, Any]:
     why = objective_error(s["objectives"])
     if why:
         raise fail(source, "search.objectives", why)
+    _check_cover(source, s["cover"], params)
     t = s["time_limit_s"]
     if t is not None and (not is_num(t) or t <= 0):
         raise fail(source, "search.time_limit_s", f"must be a positive number, got {t!r}")
@@ -234,7 +246,7 @@ def parse_space(
     if not isinstance(name, str) or not name or "/" in name:
         raise fail(source, "name", f"must be a non-empty string without '/', got {name!r}")
     base = deep_merge(base, {"trainer": _resources_to_trainer(resources)}) if resources else base
-    search = _parse_search(source, data.get("search") or {})
+    search = _parse_search(source, data.get("search") or {}, params)
     base = deep_merge(base, {"trainer": {"val_backend": search["backend"]}})
     return SearchSpace(
         name=name,

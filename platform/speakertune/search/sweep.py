@@ -29,6 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from speakertune.config import trial_config
+from speakertune.data.paths import absolute_paths
+from speakertune.data.storage import has_scheme, join
 from speakertune.scoring.feature_cache import CACHE_DIR, clear_cache
 from speakertune.search.cluster import (
     HEAD_NODE_RESOURCE,
@@ -41,6 +44,7 @@ from speakertune.search.cluster import (
     cluster_concurrency,
     find_autoscaler_config,
 )
+from speakertune.search.failures import AllFailedStop, run_with_retry
 from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
     EarlierDriverReaper,
@@ -51,7 +55,7 @@ from speakertune.search.ray_runtime import (
     init_ray,
 )
 from speakertune.search.report import SweepResult, records_from_results, write_report
-from speakertune.search.sampler import SpaceSampler, trial_config
+from speakertune.search.sampler import SpaceSampler, cover_points
 from speakertune.search.space import SearchSpace
 from speakertune.train.driver import trial_resources
 from speakertune.train.metrics import metric_tags
@@ -61,40 +65,6 @@ TrainerFactory = Callable[..., Any]  # make_trainer(cfg, *, storage_path, name, 
 
 class SweepError(RuntimeError):
     """The sweep cannot start or resume; the message says why in one line."""
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if _is_uri(root) else str(Path(root, *parts))
-
-
-def absolute_data_paths(cfg: dict[str, Any], cwd: Path | None = None) -> dict[str, Any]:
-    """Trial actors run in their own working directory: make local data paths absolute.
-
-    Works on partial configs too (missing keys are skipped)."""
-    cwd = cwd or Path.cwd()
-    data = cfg.setdefault("data", {})
-    def local(v: Any) -> bool:
-        return isinstance(v, str) and bool(v) and not _is_uri(v) and not os.path.isabs(v)
-
-    for key in ("root", "manifest", "dev_trials"):
-        if local(data.get(key)):
-            data[key] = str((cwd / data[key]).resolve())
-    tests = data.get("test") or {}
-    for name, spec in list(tests.items()) if isinstance(tests, dict) else []:
-        if isinstance(spec, str):  # {name: trials path}
-            tests[name] = spec = {"trials": spec}
-        for key in ("trials", "manifest"):
-            if isinstance(spec, dict) and local(spec.get(key)):
-                spec[key] = str((cwd / spec[key]).resolve())
-    for key in ("noise_bank", "rir_bank"):
-        v = cfg.get("augment", {}).get(key)
-        if isinstance(v, str) and v and not _is_uri(v) and not os.path.isabs(v):
-            cfg["augment"][key] = str((cwd / v).resolve())
-    return cfg
 
 
 def trial_placement(memory: float) -> Any:
@@ -123,7 +93,9 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = trial_config(spec["base"], dict(config), spec["components"])
+    # the driver's working directory: trial actors run in their own (``data.paths``)
+    cfg = absolute_paths(trial_config(spec["base"], dict(config), spec["components"]),
+                         spec["cwd"])  # fmt: skip
     factory = spec["factory"]
     if factory is None:
         from speakertune.train.driver import make_trainer as factory
@@ -133,7 +105,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         autoscaling_env()  # Train waits for the nodes the autoscaler is adding
     # A fixed Train run name per trial: a retried or resumed trial continues its own Train run
     # from that run's latest checkpoint instead of starting over.
-    trainer = factory(
+    run_with_retry(lambda: factory(
         cfg,
         storage_path=spec["train_root"],
         name=trial_id,
@@ -141,8 +113,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         max_failures=spec["max_failures"],
         metric_tags=metric_tags(ctx.get_experiment_name(), ctx.get_trial_name()),
         feature_cache=spec["feature_cache"],
-    )
-    trainer.fit()
+    ).fit())
 
 
 def _experiment_name(space: SearchSpace, storage: str, name: str | None, resume: bool) -> str:
@@ -150,7 +121,7 @@ def _experiment_name(space: SearchSpace, storage: str, name: str | None, resume:
     from ray import tune
 
     name = name or space.name
-    path = _join(storage, name)
+    path = join(storage, name)
     if resume:
         if not tune.Tuner.can_restore(path):
             raise SweepError(f"{path}: no sweep to resume (no Ray Tune experiment state there)")
@@ -168,7 +139,7 @@ def _experiment_name(space: SearchSpace, storage: str, name: str | None, resume:
 def _base_configs(space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The full base config (defaults included) with absolute data paths - trial actors run in
     their own working directories - and the same with the base components' options applied."""
-    base = absolute_data_paths(trial_config(space.base, {}))
+    base = absolute_paths(trial_config(space.base, {}))
     return base, trial_config(base, {}, space.components)
 
 
@@ -229,8 +200,9 @@ def _trainable(
         "train_root": train_root,
         # validation features shared by the trials (local storage only: S3 trials may run on
         # several nodes), removed when the sweep ends
-        "feature_cache": None if _is_uri(train_root) else _join(train_root, CACHE_DIR),
+        "feature_cache": None if has_scheme(train_root) else join(train_root, CACHE_DIR),
         "factory": factory,
+        "cwd": str(Path.cwd()),
         "max_failures": max_failures,
         "autoscaling": autoscaling,
     }
@@ -262,8 +234,10 @@ def _new_tuner(
     # Several objectives (search.objectives): Optuna's multi-objective TPE gets the metric
     # list, ASHA keeps its one metric and Tune itself has none (Ray's documented pattern).
     metric, mode = searcher_target(s)
-    searcher = OptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode, sampler=sampler)
+    searcher = OptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode, sampler=sampler,
+                            points_to_evaluate=cover_points(space) or None)
     own = {"metric": s["metric"], "mode": s["mode"]} if isinstance(metric, list) else {}
+    all_failed = AllFailedStop(min(s["num_samples"], max(3, concurrent)))
     asha = space.scheduler.get("asha")  # {} means FIFO
     # epochs, not Tune iterations: a resumed Train run keeps counting where it was
     scheduler = ASHAScheduler(time_attr="epoch", **own, **asha) if asha else FIFOScheduler()
@@ -286,11 +260,14 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=1),
+            # retries are Train's and the trial function's (search.failures), never Tune's
+            failure_config=tune.FailureConfig(max_failures=0),
+            stop=all_failed,
             callbacks=[
+                all_failed,
                 FinishedTrialLine(s["metric"], asha and asha["max_t"]),
                 PlacementGroupReaper(),
-                EarlierDriverReaper(_join(storage, name)),
+                EarlierDriverReaper(join(storage, name)),
             ],
             verbose=2 if verbose else 1,
         ),
@@ -316,7 +293,7 @@ def run_sweep(
     """Run (or resume) the sweep ``space`` and write its report; see the module docstring."""
     from ray import tune
 
-    if not _is_uri(storage):
+    if not has_scheme(storage):
         storage = str(Path(storage).resolve())
     base, base_cfg = _base_configs(space)
     try:
@@ -329,11 +306,11 @@ def run_sweep(
         log=log,
     )  # fmt: skip
     name = _experiment_name(space, storage, name, resume)
-    exp_path = _join(storage, name)
+    exp_path = join(storage, name)
     report_dir = Path(report_root).expanduser().resolve() / name
     report_dir.mkdir(parents=True, exist_ok=True)
     _prepare_corpus(base_cfg, log)
-    train_root = _join(exp_path, "train_runs")
+    train_root = join(exp_path, "train_runs")
     trainable = _trainable(space, base, base_cfg, train_root=train_root, factory=trainer_factory,
                            max_failures=max_failures, autoscaling=autoscaling,
                            head_memory=head_memory)  # fmt: skip
@@ -356,15 +333,15 @@ def _after_report(space: SearchSpace, result: SweepResult, exp_path: str, report
                   log: Callable[[str], None]) -> None:  # fmt: skip
     """Once the report is written: fine-tune the top trials (``space.finetune``), remove the
     trials' shared feature cache, and say where TensorBoard reads the runs."""
-    train_root = _join(exp_path, "train_runs")
+    train_root = join(exp_path, "train_runs")
     if space.finetune and space.finetune["top_k"]:
         from speakertune.train.finetune import finetune_top
 
         result.files.update(finetune_top(result.leaderboard, space.finetune,
                                          report_dir=report_dir, storage_path=exp_path, log=log))
-    if not _is_uri(train_root):
-        freed = clear_cache(_join(train_root, CACHE_DIR))
+    if not has_scheme(train_root):
+        freed = clear_cache(join(train_root, CACHE_DIR))
         if freed:
             log(f"validation feature cache removed ({freed / 2**20:.1f} MB)")
-    fast = " --load_fast=false" if _is_uri(train_root) else ""  # its fast loader skips S3
+    fast = " --load_fast=false" if has_scheme(train_root) else ""  # its fast loader skips S3
     log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")

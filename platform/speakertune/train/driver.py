@@ -9,16 +9,15 @@ its concurrency by.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any
 
 import pandas as pd
-import torch
 
-from speakertune.config import DEFAULTS, ConfigError, deep_merge
+from speakertune.config import DEFAULTS, deep_merge
 from speakertune.quiet import train_log_level
+from speakertune.train.preflight import build_parts, check_config
 from speakertune.train.progress import read_history
 from speakertune.train.worker import train_loop_per_worker
 
@@ -30,27 +29,6 @@ class TrainerError(RuntimeError):
 def resolved(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """``cfg`` over the defaults, so every key the loop reads exists."""
     return deep_merge(DEFAULTS, cfg or {})
-
-
-def check_config(cfg: dict[str, Any]) -> None:
-    """Fail fast (before Ray starts) on trainer settings that cannot work."""
-    t = resolved(cfg)["trainer"]
-    for key in ("epochs", "batch_size", "num_workers"):
-        if int(t[key]) < 1:
-            raise ConfigError(f"trainer.{key}: must be >= 1, got {t[key]}")
-    from speakertune.data.corpus import check_data_keys
-    from speakertune.train.validation import check_val_backend
-
-    check_val_backend(t["val_backend"])
-    check_data_keys(resolved(cfg)["data"])
-    if math.isnan(float(t["grad_clip"] or 0)):  # None means no clipping
-        raise ConfigError("trainer.grad_clip: must be a number")
-    from speakertune.frontend.banks import AugmentError, check_banks
-
-    try:
-        check_banks(resolved(cfg))
-    except AugmentError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _gpus_per_worker(t: dict[str, Any]) -> float:
@@ -128,21 +106,6 @@ def _run_dir(storage_path: str, name: str) -> str:
     return os.path.join(os.path.abspath(storage_path), name)
 
 
-def _dry_build(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Build model, loss, optimiser and schedule once on the driver, so that a bad name or
-    option fails here with its one-line message rather than inside every Ray worker."""
-    from speakertune.losses import build_loss
-    from speakertune.models import build_encoder
-    from speakertune.train.optim import build_optimizer, build_scheduler
-    from speakertune.train.precision import resolve_amp
-
-    enc = build_encoder(cfg["model"], cfg["pooling"], meta["feat_dim"], int(cfg["embed_dim"]))
-    head = build_loss(cfg["loss"], int(cfg["embed_dim"]), meta["num_classes"])
-    opt = build_optimizer(list(enc.parameters()) + list(head.parameters()), cfg["optimizer"])
-    build_scheduler(opt, cfg["scheduler"], epochs=int(cfg["trainer"]["epochs"]), steps_per_epoch=1)
-    resolve_amp(cfg["trainer"]["amp"], torch.device("cpu"))
-
-
 def make_trainer(
     cfg: dict[str, Any],
     *,
@@ -166,7 +129,7 @@ def make_trainer(
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)
     meta, dataset = prepare(cfg)
-    _dry_build(cfg, meta)
+    build_parts(cfg, meta["feat_dim"], meta["num_classes"])  # a bad option fails here, once
     meta["run_dir"] = _run_dir(storage_path, name)
     meta["feature_cache"] = feature_cache
     meta["storage_uri"] = f"{storage_path.rstrip('/')}/{name}"
