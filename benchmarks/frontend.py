@@ -24,12 +24,8 @@ import numpy as np
 import torch
 from speakertune.config import resolve
 from speakertune.data.corpus import load_corpus
-from speakertune.frontend.pipeline import (
-    FrontEnd,
-    RandomCropCollate,
-    build_train_dataset,
-    crop_frames,
-)
+from speakertune.frontend.pipeline import FrontEnd, crop_frames
+from speakertune.frontend.stream import RandomCropCollate, build_train_dataset
 
 
 class _FrontEndDataset(torch.utils.data.Dataset):

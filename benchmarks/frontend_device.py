@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from speakertune.config import resolve
 from speakertune.data.corpus import load_corpus
-from speakertune.frontend.pipeline import FrontEnd, build_train_dataset, stack_rows
+from speakertune.frontend.pipeline import FrontEnd, stack_rows
+from speakertune.frontend.stream import build_train_dataset
 
 
 class _Items(torch.utils.data.Dataset):

@@ -4,7 +4,7 @@ many data CPUs one GPU needs for each shipped search space (issue 14).
 
     nice -n 10 .venv/bin/python benchmarks/supply_demand.py [--quick] [--cpus 1 2] [--amp bf16]
 
-Supply: the project's own stream (``frontend.pipeline.build_train_dataset``, Ray Data, at most
+Supply: the project's own stream (``frontend.stream.build_train_dataset``, Ray Data, at most
 N one-CPU tasks) in both ``frontend.device`` modes: ``cpu`` (the tasks decode, augment and
 compute fbank) and ``worker`` (the tasks only read and crop int16; augmentation and features run
 on the train worker's device). Per-CPU rates for every shipped space's own crops, augmentation
@@ -136,7 +136,7 @@ def streamed_supply(corpus, cfg: dict[str, Any], mode: str, cpus: int,
     """Crops/s out of ``build_train_dataset`` with ``cpus`` data CPUs: per whole epoch, and
     steady (from each epoch's first batch to its last: without the epoch's start-up, which
     a large corpus amortises). Epoch 0 warms the pipeline up and is not counted."""
-    from speakertune.frontend.pipeline import build_train_dataset
+    from speakertune.frontend.stream import build_train_dataset
 
     ds = build_train_dataset(corpus, with_mode(cfg, mode, **{"trainer.data_cpus": cpus}), 0)
     whole, steady = [], []
@@ -163,7 +163,8 @@ def streamed_supply(corpus, cfg: dict[str, Any], mode: str, cpus: int,
 def device_frontend_rate(corpus, cfg: dict[str, Any], device: torch.device, rounds: int) -> float:
     """Crops/s of the train worker's batch front end (augment + features, ``worker`` mode) on
     ``device``, on one batch of ``trainer.batch_size`` real crops with their random plans."""
-    from speakertune.frontend.pipeline import FrontEnd, stack_rows, worker_frontend
+    from speakertune.frontend.pipeline import FrontEnd, stack_rows
+    from speakertune.frontend.stream import worker_frontend
 
     wcfg = with_mode(cfg, "worker")
     bs = int(cfg["trainer"]["batch_size"])

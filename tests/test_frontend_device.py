@@ -11,18 +11,13 @@ import soundfile as sf
 import torch
 from scipy import signal
 from speakertune.config import ConfigError, resolve
-from speakertune.data.audio import load_audio, load_audio_crop
+from speakertune.data.audio import fit_length, load_audio, load_audio_crop
 from speakertune.data.corpus import load_corpus
-from speakertune.frontend.augment import fit_length
 from speakertune.frontend.banks import BankCache
 from speakertune.frontend.batch import frontend_mode
 from speakertune.frontend.kaldi_batch import kaldi_batch
-from speakertune.frontend.pipeline import (
-    FrontEnd,
-    build_train_dataset,
-    stack_rows,
-    worker_frontend,
-)
+from speakertune.frontend.pipeline import FrontEnd, stack_rows
+from speakertune.frontend.stream import build_train_dataset, worker_frontend
 from torchaudio.compliance import kaldi
 
 SR = 16000

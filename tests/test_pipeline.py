@@ -13,13 +13,12 @@ from speakertune.data.corpus import load_corpus
 from speakertune.frontend.features import build_feature
 from speakertune.frontend.pipeline import (
     FrontEnd,
-    RandomCropCollate,
-    build_train_dataset,
     collate_random_crop,
     crop_frames,
     extract_features,
 )
 from speakertune.frontend.preprocess import bandpass
+from speakertune.frontend.stream import RandomCropCollate, build_train_dataset
 
 DATA = {"corpus": "synthetic", "speakers": 8, "utts_per_speaker": 4, "val_speakers": 2,
         "min_seconds": 0.5, "max_seconds": 1.0}  # fmt: skip

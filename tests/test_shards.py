@@ -140,7 +140,7 @@ def _stream_cfg(root, **flat):
 
 def test_sharded_stream_equals_the_per_file_stream(ray_local, tiny_corpus, tmp_path):
     from speakertune.data.corpus import load_corpus
-    from speakertune.frontend.pipeline import build_train_dataset
+    from speakertune.frontend.stream import build_train_dataset
     from test_pipeline import epoch, fingerprints
 
     cfg = _stream_cfg(tiny_corpus, **{"augment.noise_prob": 0.5, "augment.specaug_prob": 0.5})

@@ -17,6 +17,16 @@ from speakertune.data.errors import AudioError, StorageError
 from speakertune.data.storage import get_filesystem, has_scheme, read_bytes, with_retries
 
 
+def fit_length(x: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Crop (at a random offset when ``rng`` is given) or tile ``x`` to exactly ``length``."""
+    if len(x) == 0:
+        raise AudioError("fit_length: empty signal")
+    if len(x) < length:
+        x = np.tile(x, -(-length // len(x)))
+    start = int(rng.integers(0, len(x) - length + 1)) if rng is not None else 0
+    return x[start : start + length]
+
+
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Polyphase resampling (anti-aliased); a no-op when the rates match."""
     if orig_sr == target_sr:
@@ -107,8 +117,6 @@ def load_audio_crop(
         wave = _read_crop(uri, sample_rate, length, rng, storage_options)
         if wave is not None:
             return _mono(wave, sample_rate, sample_rate, name)
-    from speakertune.frontend.augment import fit_length
-
     return fit_length(load_audio(uri, sample_rate, storage_options), length, rng)
 
 

@@ -11,26 +11,16 @@ shards it is a few thousand large sequential reads. Layout of a shard directory 
 
 ``DIR/shards`` is a plain Parquet dataset (``ray.data.read_parquet("DIR/shards")``,
 ``pyarrow.parquet.read_table``). Rows are written in a seeded random order, so every shard
-mixes speakers. For training (``data.shards: DIR`` beside ``data.manifest``, which still
-decides the train/dev/test split) ``build_shard_dataset`` streams the shards: the shard order
-is a permutation seeded on ``(seed, epoch)`` (Ray Data's execution index, as the per-file
-stream), each shard is read a row group at a time, and rows are shuffled within buffers of
-``data.shard_buffer`` rows seeded on ``(seed, epoch, first utt)``. Crops and augmentation use
-the same per-utterance RNG as the per-file stream, so both give the same features for the same
-utterance and epoch. (``randomize_block_order`` is not used: it is a barrier, every block is
-read before the first is handed on, which defeats streaming.)
+mixes speakers. Training streams them (``data.shards: DIR`` beside ``data.manifest``, which
+still decides the train/dev/test split) through ``frontend.stream``.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import uuid
-import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,7 +31,7 @@ import soundfile as sf
 
 from speakertune.data.audio import AV_SUFFIXES, decode_audio
 from speakertune.data.errors import AudioError, DataError, StorageError
-from speakertune.data.storage import get_filesystem, join, read_bytes, write_bytes
+from speakertune.data.storage import join, read_bytes, write_bytes
 
 INDEX = "index.parquet"
 DEFAULT_SHARD_MB = 256.0
@@ -180,103 +170,3 @@ def decode_row(audio: bytes, sample_rate: int, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- training stream
-_STATE: dict[str, tuple[Any, dict[str, int], list[str], Opts]] = {}
-
-
-def _state(token: str, spec_ref: Any) -> tuple[Any, dict[str, int], list[str], Opts]:
-    """This process's front end, utt -> label map and shard list for one dataset (cached)."""
-    import ray
-    import torch
-
-    from speakertune.frontend.pipeline import FrontEnd
-
-    if token not in _STATE:
-        torch.set_num_threads(1)  # one task per data CPU
-        if len(_STATE) >= 4:  # a long-lived worker serving many trials: stay bounded
-            _STATE.pop(next(iter(_STATE)))
-        spec = dict(ray.get(spec_ref))
-        rows, files = spec.pop("rows"), spec.pop("shard_files")
-        labels = dict(zip(rows["utt"].tolist(), rows["label"].tolist()))
-        _STATE[token] = (FrontEnd(**spec), labels, files, spec.get("storage_options"))
-    return _STATE[token]
-
-
-def _shard_tasks(batch: dict[str, np.ndarray], token: str, spec_ref: Any, seed: int,
-                 buffer: int) -> Iterator[dict[str, np.ndarray]]:
-    """Map task: slot ``i`` of this epoch's shard order -> feature rows of that shard, read a
-    row group at a time and shuffled within buffers of ``buffer`` rows (a generator, so the
-    rows stream out while the shard is being read)."""
-    from ray.data import DataContext
-
-    fe, labels, files, opts = _state(token, spec_ref)
-    execution = int(getattr(DataContext.get_current(), "_execution_idx", 0))
-    order = np.random.default_rng([seed, execution]).permutation(len(files))
-    for slot in batch["id"]:
-        uri = files[order[int(slot)]]
-        fs, path = get_filesystem(uri, opts)
-        with fs.open_input_file(path) as f:
-            reader = pq.ParquetFile(f)
-            for part in reader.iter_batches(batch_size=buffer, columns=["utt", "audio"]):
-                yield _features(fe, labels, part.to_pydict(), seed, execution)
-
-
-def _features(fe: Any, labels: dict[str, int], rows_in: dict[str, list], seed: int,
-              execution: int) -> dict[str, np.ndarray]:
-    """Buffered shard rows -> the stream's rows for the training utterances, shuffled (as the
-    per-file stream: features, or raw crops when the worker featurises; skips counted)."""
-    utts = [str(u) for u in rows_in["utt"]]
-    keep = [i for i, u in enumerate(utts) if u in labels]  # dev/test speakers never train
-    if keep:
-        rng = np.random.default_rng([seed, execution, zlib.crc32(utts[keep[0]].encode())])
-        keep = [keep[i] for i in rng.permutation(len(keep))]
-    rows, skipped = [], []
-    for i in keep:
-        try:
-            wave = decode_row(rows_in["audio"][i], fe.sr, utts[i])
-        except (OSError, ValueError) as exc:
-            skipped.append((utts[i], f"shard row {utts[i]}", str(exc).splitlines()[0]))
-            continue
-        crop = partial(_crop, wave)
-        rows.append(fe.row(crop, labels[utts[i]], fe.rng_for(utts[i], execution)))
-    return fe.emit(rows, skipped)
-
-
-def _crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    from speakertune.frontend.augment import fit_length
-
-    return fit_length(wave, length, rng)
-
-
-def build_shard_dataset(spec: dict[str, Any], cfg: dict[str, Any], data_cpus: int) -> Any:
-    """The training stream read from ``cfg["data"]["shards"]``; ``spec`` is the front end spec
-    of ``frontend.pipeline.build_train_dataset`` (rows ``utt``/``label`` of the train split).
-    Rows as the per-file stream: ``{"feats": float32[max_frames, dims], "label": int64}``.
-
-    One operator, as the per-file stream: in-memory blocks of shard slots, each task reading
-    the shard its slot maps to in this epoch's order. (``ray.data.read_parquet`` reads the
-    same files, but adds list/footer/read operators that each hold a CPU slot of the small
-    data-CPU budget, and its file shuffle happens once per plan, not inside the stream.)
-    """
-    import ray
-
-    shards, opts = str(cfg["data"]["shards"]), spec.get("storage_options") or None
-    index = read_index(shards, opts)
-    utts = pd.Series(spec["rows"]["utt"])
-    missing = ~utts.isin(set(index["utt"]))
-    if missing.any():
-        raise DataError(f"data.shards: {int(missing.sum())} of {len(missing)} training "
-                        f"utterances are not in {shards} (e.g. {utts[missing].iloc[0]!r}); "
-                        "re-run `speakertune prepare shard` on this manifest")
-    files = [join(shards, name) for name in sorted(index["shard"].unique())]
-    seed = int(spec["seed"])
-    buffer = max(1, int(cfg["data"].get("shard_buffer") or 256))
-    ref = ray.put({**spec, "shard_files": files})
-    ds = ray.data.from_pandas([pd.DataFrame({"id": [i]}) for i in range(len(files))]).map_batches(
-        _shard_tasks, batch_size=1, batch_format="numpy", num_cpus=1,
-        compute=ray.data.TaskPoolStrategy(size=data_cpus),
-        fn_kwargs={"token": uuid.uuid4().hex, "spec_ref": ref, "seed": seed, "buffer": buffer},
-    )  # fmt: skip
-    ds.context.op_resource_reservation_enabled = False
-    ds.context.enable_progress_bars = False
-    ds.skip_counter = spec["skip_counter"]
-    return ds

@@ -30,16 +30,6 @@ NOISE, BABBLE = 1, 2  # plan["noise_kind"]; 0 is none
 
 
 # ---------------------------------------------------------------------- batched operations
-def fit_length(x: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop (at a random offset when ``rng`` is given) or tile ``x`` to exactly ``length``."""
-    if len(x) == 0:
-        raise AugmentError("fit_length: empty signal")
-    if len(x) < length:
-        x = np.tile(x, -(-length // len(x)))
-    start = int(rng.integers(0, len(x) - length + 1)) if rng is not None else 0
-    return x[start : start + length]
-
-
 def tile_to(x: torch.Tensor, length: int) -> torch.Tensor:
     """Rows ``[B, L]`` tiled or cut (from the start) to ``[B, length]``."""
     if x.shape[-1] == length:

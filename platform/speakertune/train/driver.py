@@ -68,8 +68,9 @@ def prepare(cfg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     (small, pickled once)."""
     from speakertune.data.corpus import load_corpus
     from speakertune.data.sampling import plda_sample
+    from speakertune.frontend.augment import num_classes_multiplier
     from speakertune.frontend.features import feature_dim
-    from speakertune.frontend.pipeline import build_train_dataset, num_classes_multiplier
+    from speakertune.frontend.stream import build_train_dataset
 
     t = cfg["trainer"]
     corpus = load_corpus(cfg["data"])

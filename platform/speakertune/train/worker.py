@@ -149,7 +149,7 @@ def _frontend(meta: dict[str, Any], device: torch.device) -> Any:
     spec = meta.get("frontend")
     if spec is None:
         return None
-    from speakertune.frontend.pipeline import worker_frontend
+    from speakertune.frontend.stream import worker_frontend
 
     return worker_frontend(spec, device)
 
