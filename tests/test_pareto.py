@@ -19,8 +19,8 @@ import pytest
 import torch
 from speakertune.search import leaderboard as lb
 from speakertune.search import space as sp
+from speakertune.search.finetune import finetune_config, finetune_settings
 from speakertune.search.objectives import pareto_mask
-from speakertune.train.finetune import finetune_config, finetune_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from speakertune.checkpoint import load_checkpoint, save_checkpoint
-from speakertune.scoring.ranking import checkpoint_backend, ranked_backend
+from speakertune.ranking import checkpoint_backend, ranked_backend
 from speakertune.train.validation import score_backends
 from test_checkpoint import tiny_cfg, tiny_encoder
 

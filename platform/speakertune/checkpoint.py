@@ -21,15 +21,20 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
 
+from speakertune.data.storage import exists, join, read_bytes, read_text
+from speakertune.models import build_encoder
+from speakertune.ranking import RANKED_KEY, checkpoint_backend, ranked_by_config
 from speakertune.redact import redact_config
 from speakertune.registry import BACKENDS
-from speakertune.scoring.backends.base import Backend
+
+if TYPE_CHECKING:  # checkpoints sit below scoring: backends are built through the registry
+    from speakertune.scoring.backends.base import Backend
 
 
 class CheckpointError(ValueError):
@@ -52,9 +57,7 @@ class LoadedCheckpoint:
         return self.backends.get("plda")
 
     def ranked_backend(self) -> tuple[str, str]:
-        """``(name, why)``: the backend this checkpoint was ranked on (see scoring.ranking)."""
-        from speakertune.scoring.ranking import checkpoint_backend
-
+        """``(name, why)``: the backend this checkpoint was ranked on (see ranking)."""
         return checkpoint_backend(self.metrics, self.cfg)
 
     def __iter__(self) -> Iterator[Any]:
@@ -107,8 +110,6 @@ def _plain(x: Any) -> Any:
 def _with_ranked_backend(metrics: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """``metrics`` plus ``ranked_backend`` when it has dev EERs (a copy: the caller's dict may
     be what it reports to Ray, which should stay numeric)."""
-    from speakertune.scoring.ranking import RANKED_KEY, ranked_by_config
-
     if RANKED_KEY in metrics:
         return metrics
     name = ranked_by_config(metrics, cfg)
@@ -188,8 +189,6 @@ def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> LoadedCheckpoint:
     """Rebuild the encoder from ``config.yaml`` and load weights, backends and metrics."""
-    from speakertune.models import build_encoder
-
     path = Path(path)
     for required in ("model.pt", "config.yaml"):
         if not (path / required).is_file():
@@ -251,11 +250,20 @@ def save_val_scores(ckpt_dir: str | Path, scores: dict[str, Any], labels: Any) -
 
 def load_val_scores(ckpt: str, backend: str) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, labels)`` of ``backend`` saved with a checkpoint (local dir or URI)."""
-    from speakertune.data.storage import read_bytes
-
     with np.load(io.BytesIO(read_bytes(f"{ckpt.rstrip('/')}/{VAL_SCORES}")),
                  allow_pickle=False) as z:  # fmt: skip
         key = f"scores_{backend}"
         if key not in z.files:
             raise ValueError(f"{ckpt}/{VAL_SCORES}: no {key} (has {', '.join(z.files)})")
         return z[key], z["labels"]
+
+
+def ranked_backend_of(ckpt: str) -> str:
+    """The backend a checkpoint (local folder or URI) was ranked on, read from its
+    ``metrics.json`` and ``config.yaml`` without loading the model (``ranking``)."""
+    def read(name: str, parse: Any) -> Any:
+        uri = join(ckpt, name)
+        return parse(read_text(uri)) if exists(uri) else None
+
+    metrics, cfg = read("metrics.json", json.loads), read("config.yaml", yaml.safe_load)
+    return checkpoint_backend(metrics, cfg)[0]

@@ -138,7 +138,7 @@ DEFAULTS: dict[str, Any] = {
         "fail_marker": None,
     },
     "backend": {"cosine": {"mean_norm": True}, "plda": {"lda_dim": 128}},
-    # Large-margin fine-tuning (train.finetune; WeSpeaker / IDLab recipes): a few more epochs
+    # Large-margin fine-tuning (search.finetune; WeSpeaker / IDLab recipes): a few more epochs
     # from a checkpoint with longer crops, a larger margin (aam/am softmax) and a lower LR. A
     # space's `finetune:` section runs it for its top_k trials after the sweep.
     "finetune": {

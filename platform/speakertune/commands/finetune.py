@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     install_redaction()
     args = build_parser().parse_args(argv)
-    from speakertune.train.finetune import finetune, finetune_settings, write_finetune_report
+    from speakertune.search.finetune import finetune, finetune_settings, write_finetune_report
 
     try:
         settings = finetune_settings({"epochs": args.epochs, "margin": args.margin,

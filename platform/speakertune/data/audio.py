@@ -41,6 +41,8 @@ _STREAMED = (0, 0xFFFFFFFF)  # a streamed WAV leaves the size unknown: not a tru
 
 
 AV_SUFFIXES = (".m4a", ".aac", ".mp4", ".opus", ".webm")  # libsndfile can't: PyAV decodes
+# What a listing of a corpus or noise/RIR folder takes as audio (.m4a: VoxCeleb2; .sph: NIST).
+AUDIO_SUFFIXES = (".wav", ".flac", ".m4a", ".ogg", ".mp3", ".sph")
 
 
 def _decode_av(data: bytes, name: str) -> tuple[np.ndarray, int]:

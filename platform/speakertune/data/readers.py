@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from speakertune.data.audio import audio_info, load_audio
+from speakertune.data.audio import AUDIO_SUFFIXES, audio_info, load_audio
 from speakertune.data.errors import AudioError, ManifestError, StorageError
 from speakertune.data.manifest import validate_manifest, write_manifest
 from speakertune.data.storage import (
@@ -37,9 +37,6 @@ from speakertune.data.storage import (
 )
 from speakertune.data.summary import write_summary
 from speakertune.data.trials import check_trials, read_trials, write_trials
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".m4a")  # .m4a: VoxCeleb2, decoded by PyAV
-
 
 Opts = dict[str, Any] | None  # storage_options (see data.storage)
 

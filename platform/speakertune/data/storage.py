@@ -18,6 +18,8 @@ import logging
 import os
 import posixpath
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,6 +263,40 @@ def join(base: str | Path, *parts: str) -> str:
     if has_scheme(base):
         return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
     return os.path.join(base, *parts)
+
+
+def append_text(uri: str, text: str) -> None:
+    """Append ``text`` to a local file, or rewrite an object with ``text`` added."""
+    if not has_scheme(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        with open(uri, "a") as fh:
+            fh.write(text)
+        return
+    old = read_bytes(uri) if exists(uri) else b""
+    write_bytes(uri, old + text.encode())
+
+
+def copy_tree(src: str | Path, dest: str | Path,
+              storage_options: dict[str, Any] | None = None) -> Path:
+    """Copy the folder ``src`` (local or URI) to the local folder ``dest``: into a temporary
+    sibling first, then swapped into place, so a copy that fails leaves ``dest`` as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        fs, path = get_filesystem(src, storage_options)
+        with_retries(fs, str(src), "copy", lambda: pafs.copy_files(
+            path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.with_name(f".{dest.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def read_text(uri: str | Path, storage_options: dict[str, Any] | None = None) -> str:

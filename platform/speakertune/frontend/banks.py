@@ -4,15 +4,18 @@ corpus's own banks, built once on demand, for any corpus). Checked before a swee
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
+from speakertune.data import storage
+from speakertune.data.audio import AUDIO_SUFFIXES
+from speakertune.data.errors import ManifestError
 from speakertune.data.paths import BUILTIN
-
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".sph")
+from speakertune.data.readers import list_audio
 
 
 class AugmentError(ValueError):
@@ -72,43 +75,37 @@ def read_bank(path: str, storage_options: dict | None = None) -> pd.DataFrame:
     relative to the manifest) or a directory searched recursively for audio files, whose first
     sub-folder names the category (MUSAN ``noise/ music/ speech/``; RIRS_NOISES sub-folders).
     """
-    import posixpath
+    path = str(path)
+    if path.lower().endswith((".parquet", ".csv")):
+        return _bank_manifest(path, storage_options)
+    try:
+        found = list_audio(path, storage_options, "noise/RIR bank not found")
+    except ManifestError as exc:
+        raise AugmentError(str(exc)) from None
+    if not found:
+        raise AugmentError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in bank")
+    return pd.DataFrame({"uri": [uri for _, uri in found],
+                         "category": [rel.split("/")[0] if "/" in rel else "noise"
+                                      for rel, _ in found]})  # fmt: skip
 
+
+def _bank_manifest(path: str, storage_options: dict | None) -> pd.DataFrame:
     import pyarrow.csv as pcsv
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from speakertune.data.storage import dirname, get_filesystem, has_scheme, resolve_uri
-
-    path = str(path)
-    fs, root = get_filesystem(path, storage_options)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
+    if not storage.exists(path, storage_options):
         raise AugmentError(f"{path}: noise/RIR bank not found")
-    if info.type == pafs.FileType.File:
-        reader = pq.read_table if root.endswith(".parquet") else pcsv.read_csv
-        try:
-            with fs.open_input_file(root) as f:
-                df = reader(f).to_pandas()
-        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad manifest
-            raise AugmentError(f"{path}: cannot read bank manifest ({exc})") from None
-        if "uri" not in df.columns:
-            raise AugmentError(f"{path}: bank manifest has no 'uri' column")
-        df["uri"] = [resolve_uri(u, dirname(path)) for u in df["uri"].astype(str)]
-        if "category" not in df.columns:
-            df["category"] = "noise"
-        return df.reset_index(drop=True)
-    scheme = path.partition("://")[0] + "://" if has_scheme(path) else ""
-    rows = []
-    listing = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    for f in sorted(listing, key=lambda f: f.path):
-        if f.type == pafs.FileType.File and f.path.lower().endswith(AUDIO_EXTS):
-            rel = posixpath.relpath(f.path, root)
-            rows.append({"uri": scheme + f.path,
-                         "category": rel.split("/")[0] if "/" in rel else "noise"})
-    if not rows:
-        raise AugmentError(f"{path}: no audio files ({', '.join(AUDIO_EXTS)}) in bank")
-    return pd.DataFrame(rows)
+    reader = pq.read_table if path.lower().endswith(".parquet") else pcsv.read_csv
+    try:
+        df = reader(io.BytesIO(storage.read_bytes(path, storage_options))).to_pandas()
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad manifest
+        raise AugmentError(f"{path}: cannot read bank manifest ({exc})") from None
+    if "uri" not in df.columns:
+        raise AugmentError(f"{path}: bank manifest has no 'uri' column")
+    df["uri"] = [storage.resolve_uri(u, storage.dirname(path)) for u in df["uri"].astype(str)]
+    if "category" not in df.columns:
+        df["category"] = "noise"
+    return df.reset_index(drop=True)
 
 
 class BankCache:

@@ -262,7 +262,7 @@ def export_calibration(ckpt_dir: str | Path, p_target: float = P_TARGET, far: fl
     import yaml
 
     from speakertune.checkpoint import VAL_SCORES, load_val_scores
-    from speakertune.scoring.ranking import checkpoint_backend
+    from speakertune.ranking import checkpoint_backend
 
     ckpt = Path(ckpt_dir)
     if not (ckpt / VAL_SCORES).is_file():

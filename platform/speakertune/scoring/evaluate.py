@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from speakertune.ranking import VAL_BACKENDS
 from speakertune.registry import BACKENDS
 from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
 from speakertune.scoring.backends.base import length_norm
 from speakertune.scoring.metrics import identification_accuracy, verification_report
-from speakertune.scoring.ranking import VAL_BACKENDS
 
 log = logging.getLogger(__name__)
 

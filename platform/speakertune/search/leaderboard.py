@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from speakertune.checkpoint import load_val_scores
+from speakertune.checkpoint import load_val_scores, ranked_backend_of
+from speakertune.data import storage
 from speakertune.search.objectives import OBJECTIVES, metric_keys, pareto_mask
 
 METRIC_COLUMNS = (
@@ -306,13 +306,6 @@ def plot_pareto(df: pd.DataFrame, objectives: list[str], path: str | Path) -> Pa
     return Path(path)
 
 
-def _best_backend(row: pd.Series) -> str:
-    cos, plda = row.get("val_eer_cosine"), row.get("val_eer_plda")
-    if plda is not None and not pd.isna(plda) and (cos is None or pd.isna(cos) or plda <= cos):
-        return "plda"
-    return "cosine"
-
-
 def det_top(
     df: pd.DataFrame, out_path: str | Path, *, top: int = 3, log: Any = print
 ) -> Path | None:
@@ -325,7 +318,7 @@ def det_top(
 
     systems: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for _, row in df[df["checkpoint"].notna()].head(top).iterrows():
-        backend = _best_backend(row)
+        backend = ranked_backend_of(str(row["checkpoint"]))  # the one the table ranks on
         try:
             scores, labels = load_val_scores(str(row["checkpoint"]), backend)
         except Exception as exc:  # one unreadable checkpoint must not cost the whole report
@@ -338,27 +331,13 @@ def det_top(
     return Path(plot_det(systems, out_path, title="Top trials (validation)"))
 
 
-def copy_checkpoint(src: str, dest: str | Path) -> Path:
-    """Copy a checkpoint directory (local path or ``s3://...`` URI) to the local ``dest``."""
-    dest = Path(dest)
-    shutil.rmtree(dest, ignore_errors=True)
-    if "://" in src:
-        import pyarrow.fs as pafs
-
-        dest.mkdir(parents=True)
-        pafs.copy_files(src, str(dest.resolve()))
-    else:
-        shutil.copytree(src, dest)
-    return dest
-
-
 def export_best(row: pd.Series, dest: str | Path) -> Path | None:
     """Copy the best trial's checkpoint (weights, PLDA/cosine backends, config) to ``dest``,
     with its ``calibration.json`` fitted on the checkpoint's dev trial scores."""
     src = row.get("checkpoint")
     if not isinstance(src, str) or not src:
         return None
-    dest = copy_checkpoint(src, dest)
+    dest = storage.copy_tree(src, dest)
     from speakertune.redact import redact_config
 
     info = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}  # JSON types

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, trial_config
+from speakertune.search.finetune import finetune_settings
 from speakertune.search.objectives import objective_error
 from speakertune.search.params import (  # noqa: F401 - Param, COMPONENTS re-exported
     COMPONENTS,
@@ -89,7 +90,7 @@ class SearchSpace:
     scheduler: dict[str, Any]  # {"asha": {...}} or {} for FIFO
     resources: dict[str, Any]
     description: str = ""
-    # large-margin fine-tuning of the top trials after the sweep (train.finetune), or None
+    # large-margin fine-tuning of the top trials after the sweep (search.finetune), or None
     finetune: dict[str, Any] | None = None
     # section -> component name -> kwargs used whenever that component is chosen
     components: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -266,8 +267,6 @@ def _parse_finetune(source: str, data: dict[str, Any]) -> dict[str, Any] | None:
     """The ``finetune:`` section over ``DEFAULTS["finetune"]`` (None when absent)."""
     if "finetune" not in data:
         return None
-    from speakertune.train.finetune import finetune_settings
-
     try:
         return finetune_settings(data["finetune"])
     except ConfigError as exc:

@@ -45,6 +45,7 @@ from speakertune.search.cluster import (
     find_autoscaler_config,
 )
 from speakertune.search.failures import AllFailedStop, run_with_retry
+from speakertune.search.finetune import finetune_top
 from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
     EarlierDriverReaper,
@@ -335,8 +336,6 @@ def _after_report(space: SearchSpace, result: SweepResult, exp_path: str, report
     trials' shared feature cache, and say where TensorBoard reads the runs."""
     train_root = join(exp_path, "train_runs")
     if space.finetune and space.finetune["top_k"]:
-        from speakertune.train.finetune import finetune_top
-
         result.files.update(finetune_top(result.leaderboard, space.finetune,
                                          report_dir=report_dir, storage_path=exp_path, log=log))
     if not has_scheme(train_root):

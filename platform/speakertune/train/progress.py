@@ -41,30 +41,6 @@ SCALARS = {
 }
 
 
-def join(root: str | Path, *parts: str) -> str:
-    """``root/parts`` for a local path or a URI (``Path`` would fold ``s3://`` to ``s3:/``)."""
-    root = str(root)
-    if storage.has_scheme(root):
-        return "/".join([root.rstrip("/"), *parts])
-    return str(Path(root, *parts))
-
-
-def append_text(uri: str, text: str) -> None:
-    """Append ``text`` to a local file, or rewrite an object with ``text`` added."""
-    if not storage.has_scheme(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        with open(uri, "a") as fh:
-            fh.write(text)
-        return
-    old = storage.read_bytes(uri) if storage.exists(uri) else b""
-    storage.write_bytes(uri, old + text.encode())
-
-
-def read_text(uri: str) -> str | None:
-    """The text of a local file or object, None if it does not exist."""
-    return storage.read_bytes(uri).decode() if storage.exists(uri) else None
-
-
 class Progress:
     """One line per epoch on stdout and in ``<run dir>/progress.log``, and each epoch's metrics
     as a JSON line in ``<run dir>/history.jsonl``."""
@@ -80,12 +56,12 @@ class Progress:
         sys.stdout.write(f"[speakertune] {line}\n")
         sys.stdout.flush()
         if self.dir:
-            append_text(join(self.dir, "progress.log"), line + "\n")
+            storage.append_text(storage.join(self.dir, "progress.log"), line + "\n")
 
     def record(self, metrics: dict[str, Any]) -> None:
         if self.dir:
             row = json.dumps({k: _plain(v) for k, v in metrics.items()})
-            append_text(join(self.dir, "history.jsonl"), row + "\n")
+            storage.append_text(storage.join(self.dir, "history.jsonl"), row + "\n")
 
 
 def _plain(v: Any) -> Any:
@@ -95,9 +71,10 @@ def _plain(v: Any) -> Any:
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """Per-epoch metrics of a run (local or URI), in order (a resumed epoch appears once, its
     last report)."""
-    text = read_text(join(run_dir, "history.jsonl"))
-    if text is None:
+    uri = storage.join(run_dir, "history.jsonl")
+    if not storage.exists(uri):
         return []
+    text = storage.read_text(uri)
     by_epoch: dict[int, dict[str, Any]] = {}
     for line in text.splitlines():
         if line.strip():
@@ -118,7 +95,7 @@ class TrialLog:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = str(run_dir)
-        self.logdir = join(self.run_dir, "tensorboard")
+        self.logdir = storage.join(self.run_dir, "tensorboard")
         self.remote = storage.has_scheme(self.logdir)
         if not self.remote:
             Path(self.logdir).mkdir(parents=True, exist_ok=True)
@@ -136,7 +113,7 @@ class TrialLog:
             if self.remote:
                 try:
                     for f in sorted(Path(stage).iterdir()):
-                        storage.write_bytes(join(self.logdir, f.name), f.read_bytes())
+                        storage.write_bytes(storage.join(self.logdir, f.name), f.read_bytes())
                 finally:
                     shutil.rmtree(stage, ignore_errors=True)
 
@@ -165,7 +142,7 @@ class TrialLog:
             png = Path(tmp, "det.png")
             plot_det(systems, png)
             image = mpimg.imread(str(png))[..., :3]  # RGBA float in [0, 1] -> RGB
-            target = join(self.run_dir, "det.png")
+            target = storage.join(self.run_dir, "det.png")
             storage.write_bytes(target, png.read_bytes())
         with self._writer(f".det{epoch:04d}") as writer:
             writer.add_image("val/det", image, epoch, dataformats="HWC")

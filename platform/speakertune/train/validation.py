@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from speakertune.ranking import VAL_BACKENDS, ranked_backend
 from speakertune.registry import BACKENDS
 from speakertune.scoring import embed, metrics
 from speakertune.scoring.backends import enroll_ids, score_trials
-from speakertune.scoring.ranking import VAL_BACKENDS, ranked_backend
 
 log = logging.getLogger(__name__)
 P_TARGET = metrics.P_TARGET

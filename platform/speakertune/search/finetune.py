@@ -24,7 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from speakertune.checkpoint import load_checkpoint
 from speakertune.config import DEFAULTS, ConfigError
+from speakertune.data import storage
+from speakertune.data.corpus import load_test_lists
+from speakertune.search.holdout import score_test_list
+from speakertune.search.leaderboard import eer_with_ci
+from speakertune.train.driver import train
 
 # Losses with an additive margin that fine-tuning enlarges (a_softmax's margin is an integer
 # multiplier; the other losses have none).
@@ -95,8 +101,6 @@ def _dev(metrics: dict[str, Any] | None) -> dict[str, float]:
 
 def _tests(ckpt: Path, cfg: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict]:
     """Each ``data.test`` list scored once with ``ckpt`` (EER, CI, minDCF)."""
-    from speakertune.data.corpus import load_test_lists
-    from speakertune.search.holdout import score_test_list
 
     out = {}
     for name, test in load_test_lists(cfg["data"]).items():
@@ -120,9 +124,6 @@ def finetune(
     checkpoint (by dev EER) to ``out_dir/finetuned/<label>`` and return a report row:
     ``{"label", "checkpoint", "finetuned", "changes", "before": {"dev": {eer, low, high},
     "test": {name: {...}}}, "after": {...}, "epochs", "run_dir"}``."""
-    from speakertune.checkpoint import load_checkpoint
-    from speakertune.search.leaderboard import copy_checkpoint
-    from speakertune.train.driver import train
 
     settings = finetune_settings(settings)
     src = Path(checkpoint).resolve()
@@ -135,7 +136,7 @@ def finetune(
     best = out.get("best_checkpoint") or out.get("checkpoint")
     if not best:
         raise ConfigError(f"fine-tuning {src}: the run {name!r} saved no checkpoint")
-    dest = copy_checkpoint(str(best), Path(out_dir) / "finetuned" / label)
+    dest = storage.copy_tree(str(best), Path(out_dir) / "finetuned" / label)
     after = load_checkpoint(dest)
     row = {
         "label": label, "checkpoint": str(src), "finetuned": str(dest), "changes": changes,
@@ -150,7 +151,6 @@ def finetune(
 
 
 def _pct(r: dict[str, float]) -> str:
-    from speakertune.search.leaderboard import eer_with_ci
 
     return eer_with_ci(r.get("eer"), r.get("low"), r.get("high"))
 
@@ -193,7 +193,6 @@ def finetune_top(
 ) -> dict[str, Path]:
     """After a sweep: fine-tune the ``settings["top_k"]`` best ranked trials with a
     checkpoint and write the report into ``report_dir`` (nothing when ``top_k`` is 0)."""
-    from speakertune.search.leaderboard import copy_checkpoint
 
     k = int(settings["top_k"])
     top = leaderboard[leaderboard["rank"].notna() & leaderboard["checkpoint"].notna()].head(k)
@@ -203,7 +202,7 @@ def finetune_top(
     for _, r in top.iterrows():
         trial = str(r["trial"])
         # a local copy: the run's checkpoint may live on s3://, the workers read a directory
-        src = copy_checkpoint(str(r["checkpoint"]), Path(report_dir) / "finetune_from" / trial)
+        src = storage.copy_tree(str(r["checkpoint"]), Path(report_dir) / "finetune_from" / trial)
         rows.append(finetune(src, settings, storage_path=storage_path, out_dir=report_dir,
                              label=trial, log=log))
     files = write_finetune_report(rows, report_dir)
