@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from speakertune.config import DEFAULTS
 from speakertune.data.corpus import load_corpus
-from speakertune.data.sampling import plda_sample
+from speakertune.data.plda_sample import plda_sample
 
 
 def fake_manifest(path: Path, utts: int, speakers: int, seed: int = 0) -> None:

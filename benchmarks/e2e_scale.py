@@ -174,8 +174,8 @@ def main() -> None:
         assert rc == 0, f"prepare failed ({rc})"
 
         import ray
-        from speakertune.search.sampler import check_builds, check_data
         from speakertune.search.space import parse_space
+        from speakertune.search.suggest import check_builds, check_data
         from speakertune.search.sweep import run_sweep
 
         space = parse_space(space_dict(work / "prep", work / "prep" / "trials.txt",

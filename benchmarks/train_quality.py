@@ -34,7 +34,7 @@ SMALL_ECAPA = {
 def untrained_eer(cfg: dict) -> dict[str, float]:
     """Validation metrics of the randomly initialised encoder (same seed as the trial)."""
     from speakertune.data.corpus import load_corpus
-    from speakertune.data.sampling import plda_sample
+    from speakertune.data.plda_sample import plda_sample
     from speakertune.frontend.features import feature_dim
     from speakertune.models import build_encoder
     from speakertune.train.validation import embed_features, load_eval_features, score_backends

@@ -65,7 +65,7 @@ def test_validation_and_evaluate_give_the_same_eer(tiny_corpus, tmp_path, max_se
     """The user's check: the sweep's dev EER of a checkpoint equals evaluate()'s on the same
     trials with the same embedding settings (whole utterances, or the same cap)."""
     from speakertune.data.corpus import load_corpus
-    from speakertune.data.sampling import plda_sample
+    from speakertune.data.plda_sample import plda_sample
     from speakertune.scoring.evaluate import evaluate
     from speakertune.train.validation import embed_features as val_embed
     from speakertune.train.validation import load_eval_features, score_backends

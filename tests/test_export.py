@@ -90,7 +90,7 @@ def test_onnx_export_parity(tiny_corpus, tmp_path, ecapa_onnx, model):
     assert "| 7.3 | 728 |" in open(f"{out_dir}/parity.md").read()
     assert "dev EER cosine" in out
     if model == "ecapa_tdnn":  # the pytorch dev EER is the one scoring.evaluate gives
-        from speakertune.data.sampling import plda_sample
+        from speakertune.data.plda_sample import plda_sample
         from speakertune.scoring.evaluate import evaluate
 
         corpus = load_corpus(data_cfg(tiny_corpus))

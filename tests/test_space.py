@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from speakertune.search import sampler
 from speakertune.search import space as sp
+from speakertune.search import suggest
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 
@@ -46,7 +46,7 @@ def test_shipped_spaces_validate(path: Path) -> None:
     assert s.params and s.search["num_samples"] >= 1
     # every component choice builds with its options (a space searching none builds its base)
     choices = [p for p in s.params.values() if p.kind == "choice" and p.path.endswith(".name")]
-    assert sampler.check_builds(s, samples=2) >= (2 if choices else 1)
+    assert suggest.check_builds(s, samples=2) >= (2 if choices else 1)
     text = path.read_text()
     assert text.lstrip().startswith("#"), "each space file starts with a comment"
     if path.name == "quickstart.yaml":
@@ -240,7 +240,7 @@ def test_conditional_sampling_never_gives_softmax_a_margin() -> None:
     seen = set()
     for _ in range(60):
         trial = study.ask()
-        flat = sampler.suggest(trial, s)
+        flat = suggest.suggest(trial, s)
         cfg = s.trial_config(flat)
         name = flat["loss.name"]
         seen.add(name)
@@ -284,10 +284,10 @@ def test_space_roundtrips_through_yaml(tmp_path: Path) -> None:
 
 def test_component_options_are_checked_by_building() -> None:
     s = _parse(copy.deepcopy(GOOD))
-    assert sampler.check_builds(s) >= 3  # every loss choice was built
+    assert suggest.check_builds(s) >= 3  # every loss choice was built
     bad = _mutate("components/model", {"tdnn": {"chanels": 32}})
     with pytest.raises(sp.SpaceError, match=r"x.yaml: model.chanels: unknown option"):
-        sampler.check_builds(_parse(bad))
+        suggest.check_builds(_parse(bad))
 
 
 AUGMENTED = {
@@ -322,7 +322,7 @@ def test_check_runs_the_trials_path_rewrite_and_a_training_step(
 
 def test_cover_lists_unconditional_choices() -> None:
     s = _parse(_mutate("search/cover", ["loss.name"]))
-    assert sampler.cover_points(s) == [{"loss.name": v} for v in ["softmax", "aam_softmax",
+    assert suggest.cover_points(s) == [{"loss.name": v} for v in ["softmax", "aam_softmax",
                                                                   "am_softmax"]]
     for bad in (["loss.scale"], ["optimizer.lr"], ["model.name"], "loss.name"):
         with pytest.raises(sp.SpaceError, match=r"x.yaml: search.cover: "):

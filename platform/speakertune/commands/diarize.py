@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from speakertune.diarization.batch import COLLAR_S, diarize_files
 from speakertune.diarization.diarize import DiarizeConfig
+from speakertune.diarization.recordings import COLLAR_S, diarize_files
 from speakertune.redact import redact_text
 
 

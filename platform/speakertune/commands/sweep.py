@@ -12,8 +12,8 @@ import sys
 
 from speakertune import redact
 from speakertune.config import ConfigError
-from speakertune.search.sampler import check_builds, check_data
 from speakertune.search.space import SearchSpace, load_space
+from speakertune.search.suggest import check_builds, check_data
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ from speakertune.export.parity import (
     failures,
     load_dev_set,
 )
-from speakertune.export.report import versions, write_report
+from speakertune.export.parity_report import versions, write_report
 from speakertune.export.torchscript_model import load_torchscript, save_torchscript
 
 

@@ -52,7 +52,7 @@ class DevSet:
 def load_dev_set(cfg: dict[str, Any]) -> DevSet:
     """The checkpoint's dev role (``data.corpus.load_corpus``) and PLDA sample, featurised once."""
     from speakertune.data.corpus import load_corpus
-    from speakertune.data.sampling import plda_sample
+    from speakertune.data.plda_sample import plda_sample
     from speakertune.train.validation import load_eval_features
 
     t = cfg["trainer"]

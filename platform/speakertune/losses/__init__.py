@@ -20,7 +20,7 @@ from speakertune.losses import (  # noqa: F401  (imported to register the losses
     softmax,
 )
 from speakertune.losses.episodes import EpisodeError
-from speakertune.losses.sampler import SpeakerBatcher
+from speakertune.losses.speaker_batches import SpeakerBatcher
 from speakertune.registry import LOSSES, build_checked
 
 AUXILIARY = ("center", "ring")

@@ -1,4 +1,4 @@
-"""Search-space YAML: the format, parsing and validation (sampling is in ``search.sampler``).
+"""Search-space YAML: the format, parsing and validation (sampling is in ``search.suggest``).
 
 A space file has ``base`` (fixed config merged over ``config.DEFAULTS``), ``params`` (dotted config
 path -> one distribution, optionally ``when`` another parameter has given values), ``search``,
@@ -74,7 +74,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     # several objectives (search.objectives): Optuna searches for the trade-off, e.g.
     # [dev_eer, params] or [dev_eer, latency_ms]; None: the one metric above
     "objectives": None,
-    # choice parameters each of whose values gets one of the first trials (search.sampler)
+    # choice parameters each of whose values gets one of the first trials (search.suggest)
     "cover": [],
 }
 ASHA_KEYS = ("grace_period", "reduction_factor", "max_t")

@@ -56,8 +56,8 @@ from speakertune.search.ray_runtime import (
     init_ray,
 )
 from speakertune.search.report import SweepResult, records_from_results, write_report
-from speakertune.search.sampler import SpaceSampler, cover_points
 from speakertune.search.space import SearchSpace
+from speakertune.search.suggest import SpaceSampler, cover_points
 from speakertune.train.driver import trial_resources
 from speakertune.train.metrics import metric_tags
 

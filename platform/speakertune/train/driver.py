@@ -67,7 +67,7 @@ def prepare(cfg: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     ``(meta, dataset)``, where ``meta`` is everything the workers need besides the config
     (small, pickled once)."""
     from speakertune.data.corpus import load_corpus
-    from speakertune.data.sampling import plda_sample
+    from speakertune.data.plda_sample import plda_sample
     from speakertune.frontend.augment import num_classes_multiplier
     from speakertune.frontend.features import feature_dim
     from speakertune.frontend.stream import build_train_dataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from speakertune.data.sampling import plda_sample
+from speakertune.data.plda_sample import plda_sample
 from speakertune.scoring.backends import PLDABackend
 
 
