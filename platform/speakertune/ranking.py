@@ -13,12 +13,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-VAL_BACKENDS = ("cosine", "plda")
+from speakertune.metric_keys import VAL_BACKENDS, dev_eer
+
 RANKED_KEY = "ranked_backend"
 
 
 def _eer(metrics: Mapping[str, Any], name: str) -> float:
-    value = metrics.get(f"val_eer_{name}")
+    value = metrics.get(dev_eer(name))
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from speakertune.ranking import VAL_BACKENDS
+from speakertune.metric_keys import VAL_BACKENDS
 from speakertune.registry import BACKENDS
 from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
 from speakertune.scoring.backends.base import length_norm

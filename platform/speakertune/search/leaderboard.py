@@ -18,17 +18,12 @@ import pandas as pd
 
 from speakertune.checkpoint import load_val_scores, ranked_backend_of
 from speakertune.data import storage
+from speakertune.metric_keys import DEV_EERS, DEV_MIN_DCFS, RANKED_EER
 from speakertune.search.objectives import OBJECTIVES, metric_keys, pareto_mask
 
-METRIC_COLUMNS = (
-    "val_eer",  # the dev EER of search.backend: what the sweep ranks on
-    "val_eer_low",  # its 95% bootstrap CI (enrollment speakers resampled)
-    "val_eer_high",
-    "val_eer_cosine",
-    "val_eer_plda",
-    "val_min_dcf_cosine",
-    "val_min_dcf_plda",
-)
+# the dev EER of search.backend (what the sweep ranks on), its 95% bootstrap CI (enrollment
+# speakers resampled), then each backend's dev EER and minDCF
+METRIC_COLUMNS = (RANKED_EER, "val_eer_low", "val_eer_high", *DEV_EERS, *DEV_MIN_DCFS)
 COLUMNS = (
     "rank", "trial", "params", *METRIC_COLUMNS, "num_params", "latency_ms", "epochs",
     "best_epoch", "stopped_early", "status", "cpu_h", "gpu_h", "checkpoint",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, trial_config
+from speakertune.metric_keys import RANKABLE
 from speakertune.search.finetune import finetune_settings
 from speakertune.search.objectives import objective_error
 from speakertune.search.params import (  # noqa: F401 - Param, COMPONENTS re-exported
@@ -36,15 +37,7 @@ def _spaces_dir() -> Path:
 
 SPACES_DIR = _spaces_dir()
 
-METRICS = (
-    "val_eer",
-    "val_eer_cosine",
-    "val_eer_plda",
-    "val_min_dcf_cosine",
-    "val_min_dcf_plda",
-    "train_loss",
-    "train_acc",
-)
+METRICS = RANKABLE
 RESOURCE_KEYS = ("num_workers", "cpus_per_worker", "gpus_per_worker", "data_cpus", "use_gpu")
 TOP_KEYS = (
     "name",

@@ -22,6 +22,8 @@ import math
 import sys
 from typing import Any
 
+from speakertune.metric_keys import RANKED_EER, VAL_BACKENDS, dev_eer, dev_min_dcf
+
 PROMETHEUS_PREFIX = "ray_"  # what Ray's metrics agent prepends to every name
 TAGS = ("sweep", "trial")
 # report key -> (Prometheus name, description); one gauge each, tagged sweep and trial.
@@ -39,8 +41,8 @@ GAUGES = {
     "epoch_time_s": ("speakertune_epoch_seconds", "Wall time of the last epoch"),
 }
 # backend tag -> report key of its dev EER / minDCF
-EER_KEYS = {"cosine": "val_eer_cosine", "plda": "val_eer_plda", "ranked": "val_eer"}
-DCF_KEYS = {"cosine": "val_min_dcf_cosine", "plda": "val_min_dcf_plda"}
+EER_KEYS = {**{b: dev_eer(b) for b in VAL_BACKENDS}, "ranked": RANKED_EER}
+DCF_KEYS = {b: dev_min_dcf(b) for b in VAL_BACKENDS}
 UTTERANCES = ("speakertune_trained_utterances", "Utterances trained on, all workers")
 
 _made: dict[str, Any] = {}  # Ray registers a metric once per process: build each once

@@ -22,23 +22,9 @@ from typing import Any
 import numpy as np
 
 from speakertune.data import storage
+from speakertune.metric_keys import TENSORBOARD
 
-# metric key -> TensorBoard tag; grouped so the TensorBoard UI shows one panel per family.
-SCALARS = {
-    "train_loss": "train/loss",
-    "train_acc": "train/accuracy",
-    "lr": "train/lr",
-    "margin_factor": "train/margin_factor",
-    "val_eer": "val/eer",
-    "val_eer_cosine": "val/eer_cosine",
-    "val_eer_plda": "val/eer_plda",
-    "val_min_dcf_cosine": "val/min_dcf_cosine",
-    "val_min_dcf_plda": "val/min_dcf_plda",
-    "epoch_time_s": "time/epoch_s",
-    "data_wait_frac": "time/data_wait_frac",
-    "utterances_per_s": "time/utterances_per_s",
-    "skipped_utterances": "data/skipped_utterances",
-}
+SCALARS = TENSORBOARD
 
 
 class Progress:

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from speakertune.ranking import VAL_BACKENDS, ranked_backend
+from speakertune.metric_keys import VAL_BACKENDS
+from speakertune.ranking import ranked_backend
 from speakertune.registry import BACKENDS
 from speakertune.scoring import embed, metrics
 from speakertune.scoring.backends import enroll_ids, score_trials

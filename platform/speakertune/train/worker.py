@@ -21,17 +21,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from speakertune.metric_keys import REPORTED
 from speakertune.train.distributed import Dist
 from speakertune.train.loop import SpeakerNet, epoch_batches, run_epoch, steps_per_epoch
 from speakertune.train.metrics import export_epoch
 from speakertune.train.progress import Progress, TrialLog
 from speakertune.train.restore import resume
 
-REPORT_KEYS = (
-    "epoch", "train_loss", "train_acc", "lr", "val_eer", "val_eer_cosine", "val_eer_plda",
-    "val_min_dcf_cosine", "val_min_dcf_plda", "num_params", "latency_ms", "skipped_utterances",
-    "epoch_time_s", "data_wait_frac", "utterances_per_s",
-)
+REPORT_KEYS = REPORTED
 # Reported with every epoch: the id of this worker group's placement group, so that a sweep
 # can release exactly its own groups when Tune stops a trial (``search.ray_runtime``).
 PG_METRIC = "train_placement_group"
