@@ -364,3 +364,22 @@ def test_rsync_excludes_copy_every_tracked_file(raw: dict, tmp_path: Path) -> No
     missing = [rel for rel in tracked if not (dest / rel).exists()]
     assert not missing, f"not copied to the nodes: {missing[:5]}"
     assert not [rel for rel in left if (dest / rel).exists()]
+
+
+def test_local_data_is_refused_on_a_multi_node_cluster(tmp_path: Path) -> None:
+    from speakertune.config import resolve
+    from speakertune.data.paths import absolute_paths
+    from speakertune.search.cluster import ClusterError, check_local_data
+
+    cfg = absolute_paths(resolve({"data": {"corpus": "manifest", "manifest": "vox/m.parquet"},
+                                  "augment": {"noise_prob": 0.5}}), tmp_path)  # fmt: skip
+    check_local_data(cfg, nodes=1, autoscaling=False, shared=False)  # one node: its own disk
+    check_local_data(cfg, nodes=3, autoscaling=False, shared=True)  # a shared mount
+    for nodes, autoscaling, where in ((3, False, "has 3 nodes"), (1, True, "autoscales")):
+        with pytest.raises(ClusterError) as err:
+            check_local_data(cfg, nodes=nodes, autoscaling=autoscaling, shared=False)
+        msg = str(err.value)
+        assert msg.startswith(f"data.manifest: {tmp_path / 'vox/m.parquet'} is a local path")
+        assert where in msg and "prepare publish" in msg and "\n" not in msg
+    cfg["data"]["manifest"] = "s3://bucket/vox/m.parquet"  # builtin banks are built per node
+    check_local_data(cfg, nodes=3, autoscaling=True, shared=False)

@@ -170,7 +170,9 @@ def _released(log: str) -> str:
 
 def _sweep(space: Path, storage: str, address: str, report: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "jobs/sweep.py"), "--space", str(space), "--storage",
-            storage, "--address", address, "--report-dir", str(report), *extra]  # fmt: skip
+            storage, "--address", address, "--report-dir", str(report), *extra,
+            # the corpus is on this one machine's disk: a shared mount for all 3 nodes
+            *(["--shared-storage"] if storage.startswith("s3://") else [])]  # fmt: skip
 
 
 def test_sweep_across_nodes_survives_a_lost_node_and_a_killed_driver(

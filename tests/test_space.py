@@ -327,3 +327,20 @@ def test_cover_lists_unconditional_choices() -> None:
     for bad in (["loss.scale"], ["optimizer.lr"], ["model.name"], "loss.name"):
         with pytest.raises(sp.SpaceError, match=r"x.yaml: search.cover: "):
             _parse(_mutate("search/cover", bad))
+
+
+def test_sweep_data_flag_points_a_space_at_a_prepared_corpus(
+    tiny_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--data MANIFEST` replaces the space's corpus (the cluster recipe's published one)."""
+    from speakertune.commands import sweep as cmd
+
+    manifest = str(tiny_corpus / "manifest.parquet")
+    assert cmd.main(["--space", "quickstart", "--data", manifest, "--check"]) == 2
+    assert "number of speakers (8)" in capsys.readouterr().err  # its 8 speakers, not 100
+    space = {**copy.deepcopy(AUGMENTED), "base": {**AUGMENTED["base"], "data": {
+        "val_speakers": 2, "val_trials": 24, "min_seconds": 0.5, "max_seconds": 1.0}}}
+    path = tmp_path / "aug.yaml"
+    path.write_text(yaml.safe_dump(space))
+    assert cmd.main(["--space", str(path), "--data", manifest, "--check"]) == 0
+    assert "data: " in capsys.readouterr().out

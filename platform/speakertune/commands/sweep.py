@@ -11,7 +11,7 @@ import logging
 import sys
 
 from speakertune import redact
-from speakertune.config import ConfigError
+from speakertune.config import ConfigError, deep_merge
 from speakertune.search.space import SearchSpace, load_space
 from speakertune.search.suggest import check_builds, check_data
 
@@ -26,11 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--address", default=None, help="Ray cluster address ('auto'); or RAY_ADDRESS")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    p.add_argument("--data", default=None, metavar="MANIFEST",
+                   help="train on this prepared corpus (a manifest.parquet, local or s3://) "
+                        "instead of the space's data section")
     p.add_argument("--cluster-config", default=None,
                    help="autoscaler YAML to size concurrency by (default on a joined cluster: "
                         "~/ray_bootstrap_config.yaml if present; none: the fixed-cluster rule)")
     p.add_argument("--shared-storage", action="store_true",
-                   help="the local --storage path is a shared mount (NFS) on every node")
+                   help="local --storage and data paths are a shared mount (NFS) at the same "
+                        "path on every node")
     p.add_argument("--report-dir", default="runs", help="local dir for leaderboard and best/")
     p.add_argument("--verbose", action="store_true",
                    help="show everything Ray prints (its INFO logs and deprecation warnings)")
@@ -62,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     redact.install()  # after the handlers exist: it filters what they write
     try:
         space = load_space(args.space)
+        if args.data:  # the space's data section, keys other than the corpus kept
+            space.base = deep_merge(space.base, {"data": {"corpus": "manifest",
+                                                          "manifest": args.data}})
         built = check_builds(space)  # component options too, still before Ray starts
         data_line = check_data(space)  # and the train/dev/test lists of a prepared corpus
     except ConfigError as exc:

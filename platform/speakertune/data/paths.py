@@ -57,8 +57,11 @@ def _slots(cfg: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
 
 
 def local_paths(cfg: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(dotted key, value)`` of every local path in ``cfg``."""
-    return [(k, node[f]) for k, node, f in _slots(cfg) if is_local_path(node[f])]
+    """``(dotted key, value)`` of every local path that ``cfg`` reads (``data.root`` only for
+    the synthetic corpus, which is built there)."""
+    synthetic = (cfg.get("data") or {}).get("corpus", "synthetic") == "synthetic"
+    return [(k, node[f]) for k, node, f in _slots(cfg)
+            if is_local_path(node[f]) and (k != "data.root" or synthetic)]
 
 
 def absolute_paths(cfg: dict[str, Any], cwd: str | Path | None = None) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from speakertune.data.paths import local_paths
+
 # Where the cluster launcher writes the autoscaler config on the head node (`ray up`).
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 # How long Ray Train waits for a worker group's placement group before giving it back and
@@ -215,6 +217,23 @@ def check_storage(storage: str, nodes: int, autoscaling: bool, shared: bool) -> 
         f"--storage {storage} is a local path but the Ray cluster {where}: use "
         "--storage s3://BUCKET/PREFIX, or a shared mount (NFS) at the same path on every node "
         "with --shared-storage"
+    )
+
+
+def check_local_data(cfg: dict[str, Any], nodes: int, autoscaling: bool, shared: bool) -> None:
+    """Refuse local data paths (corpus, lists, banks, an initial checkpoint) where trials may
+    run on other nodes: their data tasks would find no such file there and skip every
+    utterance. One line naming the first such key; ``shared``: the paths are a shared mount."""
+    found = local_paths(cfg)
+    if not found or shared or (nodes <= 1 and not autoscaling):
+        return
+    key, value = found[0]
+    where = f"has {nodes} nodes" if nodes > 1 else "autoscales"
+    raise ClusterError(
+        f"{key}: {value} is a local path but the Ray cluster {where}: publish the data to object "
+        "storage (`speakertune prepare publish DIR s3://BUCKET/PREFIX`) and name the s3:// "
+        "manifest in the space, or use a shared mount at the same path on every node with "
+        "--shared-storage"
     )
 
 

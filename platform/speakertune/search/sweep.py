@@ -40,6 +40,7 @@ from speakertune.search.cluster import (
     ClusterError,
     alive_nodes,
     autoscaling_env,
+    check_local_data,
     check_storage,
     cluster_concurrency,
     find_autoscaler_config,
@@ -175,7 +176,9 @@ def _plan_cluster(
             trial_resources(base_cfg), space.search["max_concurrent"],
             space.search["num_samples"], config, log,
         )  # fmt: skip
-        check_storage(storage, alive_nodes(), autoscaling, shared_storage)
+        nodes = alive_nodes()
+        check_storage(storage, nodes, autoscaling, shared_storage)
+        check_local_data(base_cfg, nodes, autoscaling, shared_storage)
     except ClusterError as exc:
         raise SweepError(str(exc)) from None
     return concurrent, autoscaling, memory
