@@ -383,3 +383,12 @@ def test_local_data_is_refused_on_a_multi_node_cluster(tmp_path: Path) -> None:
         assert where in msg and "prepare publish" in msg and "\n" not in msg
     cfg["data"]["manifest"] = "s3://bucket/vox/m.parquet"  # builtin banks are built per node
     check_local_data(cfg, nodes=3, autoscaling=True, shared=False)
+
+
+def test_multi_worker_trials_are_packed_on_one_node() -> None:
+    from speakertune.config import resolve
+    from speakertune.train.driver import _scaling_config
+
+    two = _scaling_config(resolve({"trainer": {"num_workers": 2, "use_gpu": True}}))
+    assert two.placement_strategy == "STRICT_PACK" and two.num_workers == 2
+    assert _scaling_config(resolve({})).placement_strategy == "PACK"

@@ -239,3 +239,16 @@ def test_ray_dashboard_binds_to_localhost_by_default():
     assert local["include_dashboard"] is True and local["dashboard_port"] == 8265
     assert fallback["include_dashboard"] is False and "address" not in fallback
     assert remote["address"] == "ray://head:10001" and "dashboard_port" not in remote
+
+
+def test_temporary_credentials_carry_their_session_token(monkeypatch) -> None:
+    from speakertune.data import storage
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret/example")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEXAMPLETOKEN")
+    opts = storage.s3_options()
+    assert opts["session_token"] == "FwoGZXIvYXdzEXAMPLETOKEN"
+    assert opts["access_key"] == "ASIAEXAMPLE"
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    assert "session_token" not in storage.s3_options()

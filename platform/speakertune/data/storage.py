@@ -127,6 +127,8 @@ def s3_options(storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     if env.get("AWS_ACCESS_KEY_ID"):
         opts["access_key"] = env["AWS_ACCESS_KEY_ID"]
         opts["secret_key"] = env.get("AWS_SECRET_ACCESS_KEY", "")
+        if env.get("AWS_SESSION_TOKEN"):  # temporary (SSO / STS) credentials need all three
+            opts["session_token"] = env["AWS_SESSION_TOKEN"]
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if region:
         opts["region"] = region

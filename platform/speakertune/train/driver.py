@@ -52,9 +52,11 @@ def _scaling_config(cfg: dict[str, Any]):
     per_worker = {"CPU": float(t["cpus_per_worker"])}
     if t["use_gpu"]:
         per_worker["GPU"] = _gpus_per_worker(t)
+    n = int(t["num_workers"])
     return ScalingConfig(
-        num_workers=int(t["num_workers"]), use_gpu=bool(t["use_gpu"]),
-        resources_per_worker=per_worker,
+        num_workers=n, use_gpu=bool(t["use_gpu"]), resources_per_worker=per_worker,
+        # DDP's all-reduce every step: all of a trial's workers on one node (NVLink, not TCP)
+        placement_strategy="STRICT_PACK" if n > 1 else "PACK",
     )
 
 
