@@ -290,3 +290,27 @@ def test_wav_with_truncated_data_chunk_is_an_error_not_silently_short(tmp_path):
     data = (tmp_path / "ok.wav").read_bytes()
     with pytest.raises(AudioError, match=r"cut\.wav: truncated"):
         decode_audio(data[: len(data) // 2], SR, str(tmp_path / "cut.wav"))
+
+
+def test_log_and_tensorboard_writes_are_best_effort(tmp_path: Path, capsys) -> None:
+    """A run folder that cannot be written (here: under a regular file; on S3, an error after
+    its retries) costs one warning per writer, and training's own lines go on."""
+    import numpy as np
+    from speakertune.train.progress import Progress, TrialLog
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    run = blocker / "run"
+    show = Progress(str(run))
+    show("epoch 1/2")
+    show.record({"epoch": 1, "val_eer": 0.1})
+    show("epoch 2/2")
+    board = TrialLog(run)
+    board.log_epoch({"train_loss": 1.0, "val_eer": 0.1}, 1)
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 20)
+    assert board.log_det({"cosine": (rng.normal(size=40) + labels, labels)}, 1) is None
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out
+    assert out.count("warning: cannot write") == 2, out  # one per writer, not one per write
+    assert show.safe.failed == 4 and board.safe.failed == 3  # mkdir, 2 lines, 1 record; 3 TB

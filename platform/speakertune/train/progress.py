@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,35 @@ from speakertune.metric_keys import TENSORBOARD
 SCALARS = TENSORBOARD
 
 
+class BestEffort:
+    """Writes that must not stop training (logs, history, TensorBoard): a failure (a full disk,
+    an S3 error after its retries) prints one warning line and training goes on; later
+    failures are only counted (``failed``)."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def __call__(self, what: str, write: Callable[[], Any]) -> Any:
+        try:
+            return write()
+        except (OSError, ValueError) as exc:  # data.storage errors are ValueErrors
+            self.failed += 1
+            if self.failed == 1:
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                sys.stdout.write(f"[speakertune] warning: cannot write {what} ({why}); training "
+                                 "goes on, and further write failures are not shown\n")
+            return None
+
+
 class Progress:
     """One line per epoch on stdout and in ``<run dir>/progress.log``, and each epoch's metrics
     as a JSON line in ``<run dir>/history.jsonl``."""
 
     def __init__(self, run_dir: str | None) -> None:
         self.dir = str(run_dir) if run_dir else None
+        self.safe = BestEffort()
         if self.dir and not storage.has_scheme(self.dir):
-            Path(self.dir).mkdir(parents=True, exist_ok=True)
+            self.safe(self.dir, lambda: Path(self.dir).mkdir(parents=True, exist_ok=True))
 
     def __call__(self, line: str) -> None:
         # Not print(): Ray Train patches it in workers to log *and* echo to the wrapped stdout,
@@ -42,12 +64,14 @@ class Progress:
         sys.stdout.write(f"[speakertune] {line}\n")
         sys.stdout.flush()
         if self.dir:
-            storage.append_text(storage.join(self.dir, "progress.log"), line + "\n")
+            uri = storage.join(self.dir, "progress.log")
+            self.safe(uri, lambda: storage.append_text(uri, line + "\n"))
 
     def record(self, metrics: dict[str, Any]) -> None:
         if self.dir:
             row = json.dumps({k: _plain(v) for k, v in metrics.items()})
-            storage.append_text(storage.join(self.dir, "history.jsonl"), row + "\n")
+            uri = storage.join(self.dir, "history.jsonl")
+            self.safe(uri, lambda: storage.append_text(uri, row + "\n"))
 
 
 def _plain(v: Any) -> Any:
@@ -83,8 +107,9 @@ class TrialLog:
         self.run_dir = str(run_dir)
         self.logdir = storage.join(self.run_dir, "tensorboard")
         self.remote = storage.has_scheme(self.logdir)
+        self.safe = BestEffort()
         if not self.remote:
-            Path(self.logdir).mkdir(parents=True, exist_ok=True)
+            self.safe(self.logdir, lambda: Path(self.logdir).mkdir(parents=True, exist_ok=True))
 
     @contextlib.contextmanager
     def _writer(self, suffix: str):
@@ -104,6 +129,9 @@ class TrialLog:
                     shutil.rmtree(stage, ignore_errors=True)
 
     def log_epoch(self, metrics: dict[str, Any], epoch: int) -> None:
+        self.safe(f"TensorBoard events in {self.logdir}", lambda: self._scalars(metrics, epoch))
+
+    def _scalars(self, metrics: dict[str, Any], epoch: int) -> None:
         with self._writer(f".epoch{epoch:04d}") as writer:
             for key, tag in SCALARS.items():
                 value = metrics.get(key)
@@ -115,7 +143,12 @@ class TrialLog:
         """Draw the DET curves of ``systems`` (name -> (scores, labels)) to ``det.png`` in the
         run directory and add the image to TensorBoard; returns where the PNG went (None, with
         a printed line, where matplotlib is not installed: the slim offline GPU bundle of
-        benchmarks/gpu trains without it)."""
+        benchmarks/gpu trains without it; None, with one warning, where it cannot be
+        written)."""
+        return self.safe(f"det.png in {self.run_dir}", lambda: self._det(systems, epoch))
+
+    def _det(self, systems: dict[str, tuple[np.ndarray, np.ndarray]],
+             epoch: int) -> str | None:
         try:
             import matplotlib.image as mpimg
         except ImportError:
