@@ -84,7 +84,7 @@ def diarize_files(
     ``dcfg.backend`` None: the backend the checkpoint was ranked on (said in the log)."""
     from speakertune.checkpoint import load_checkpoint
     from speakertune.data.audio import load_audio
-    from speakertune.data.errors import AudioError
+    from speakertune.data.audio_files import AudioFiles
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,16 +99,10 @@ def diarize_files(
     storage = ckpt.cfg.get("data", {}).get("storage") or None
     hyp: list[Turn] = []
     files: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
-    for i, uri in enumerate(audio, 1):
+    recordings = AudioFiles(audio, lambda uri: load_audio(uri, sr, storage))
+    for i, uri, wave in recordings:
         file_id = Path(str(uri)).stem
         t0 = time.monotonic()
-        try:
-            wave = load_audio(uri, sr, storage)
-        except AudioError as exc:  # one bad file should not sink the batch: count, report
-            skipped[str(uri)] = str(exc)
-            print(f"[{i}/{len(audio)}] skipped: {exc}", file=sys.stderr, flush=True)
-            continue
         result = diarize(wave, sr, ckpt.encoder, ckpt.cfg, dcfg, file_id=file_id,
                          backend=backend)
         hyp += result.turns
@@ -129,10 +123,10 @@ def diarize_files(
         log(f"{line} ({time.monotonic() - t0:.1f}s)")
         plot_turns(out / f"{file_id}.png", result, ref, file_id, mapping)
         np.save(out / f"{file_id}_embeddings.npy", result.embeddings)
+    skipped = recordings.skipped
     if skipped:
         log(f"skipped {len(skipped)} of {len(audio)} recordings (unreadable audio)")
-    if len(skipped) == len(audio):
-        raise DiarizationError("no recording could be read: " + next(iter(skipped.values())))
+    recordings.check_any(DiarizationError, "recording")
     write_rttm(hyp, out / "hypothesis.rttm")
     total = None
     if ref_turns:

@@ -10,8 +10,6 @@ changes), so 1-D (TDNN, [B, C, T]) and 2-D (ResNet, [B, C, F, T] or [B, C, T, F]
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -307,97 +305,3 @@ def save_maps(maps: dict[str, np.ndarray], feats: torch.Tensor | np.ndarray, out
         plt.close(fig)
         written += [out / f"{stem}_{method}.npy", out / f"{stem}_{method}.png"]
     return written
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
-def explain_files(
-    checkpoint: str | Path, audio: Sequence[str], out_dir: str | Path, *,
-    enroll: str | None = None, methods: Sequence[str] = METHODS, layer: str | None = None,
-    log: Callable[[str], None] = _say,
-) -> list[str]:
-    """Maps for each utterance of ``audio`` with a saved checkpoint: ``<stem>_class_<method>``
-    (the predicted speaker's logit, when the checkpoint has a classifier head) and, with
-    ``enroll``, ``<stem>_enroll_<method>`` (cosine similarity to the enrollment embedding), as
-    ``.png`` overlays and raw ``.npy`` [frames, feature bins] arrays, plus ``summary.txt`` (the
-    scores and a deletion check per map). Unreadable utterances are skipped and listed; none
-    readable is an error. Returns the summary lines."""
-    from speakertune.checkpoint import load_checkpoint
-    from speakertune.data.audio import load_audio
-    from speakertune.data.errors import AudioError
-    from speakertune.frontend.features import FeatureError
-    from speakertune.frontend.pipeline import extract_features
-
-    out = Path(out_dir)
-    ckpt = load_checkpoint(checkpoint)
-    cfg, enc = ckpt.cfg, ckpt.encoder.eval()
-    sr = int(cfg.get("data", {}).get("sample_rate", 16000))
-    storage = cfg.get("data", {}).get("storage") or None
-    cfg = {**cfg, "data": {**cfg.get("data", {}), "sample_rate": sr}}
-
-    def feats_of(uri: str) -> torch.Tensor:
-        return torch.as_tensor(extract_features(load_audio(uri, sr, storage), cfg, str(uri)))[None]
-
-    try:  # a classifier head is optional: end-to-end losses have none
-        weight, bias = classifier_from_state(ckpt.loss_state, ckpt.num_classes)
-    except ExplainError as exc:
-        if not enroll:
-            raise
-        print(f"note: {exc}; explaining enrollment similarity only", file=sys.stderr)
-        weight = bias = None
-    enroll_emb = None
-    if enroll:
-        with torch.no_grad():
-            enroll_emb = enc(feats_of(enroll))[0]
-    target_layer = find_layer(enc, layer, ckpt.feat_dim)
-    layer_name = next(n for n, m in enc.named_modules() if m is target_layer) or "<model>"
-    lines = [f"checkpoint {checkpoint}", f"grad-cam layer {layer_name}"]
-    skipped: dict[str, str] = {}
-    rng = np.random.default_rng(0)
-    for i, uri in enumerate(audio, 1):
-        t0 = time.monotonic()
-        try:
-            x = feats_of(uri)
-        except (AudioError, FeatureError) as exc:  # count and report, keep going
-            skipped[str(uri)] = str(exc)
-            print(f"[{i}/{len(audio)}] skipped: {exc}", file=sys.stderr, flush=True)
-            continue
-        stem = Path(str(uri)).stem
-        with torch.no_grad():
-            emb = enc(x)
-        targets = {}
-        if weight is not None:
-            # Cosine heads (no bias) are margin softmaxes: their logits are cosines.
-            logits = emb @ weight.T + (bias if bias is not None else 0.0)
-            if bias is None:
-                logits = F.normalize(emb) @ F.normalize(weight).T
-            pred = int(logits.argmax())
-            targets["class"] = class_target(weight, pred, bias, cosine=bias is None)
-            lines.append(f"{stem}: predicted class {pred} (logit {float(logits[0, pred]):.3f})")
-        if enroll_emb is not None:
-            targets["enroll"] = similarity_target(enroll_emb)
-            sim = float(F.cosine_similarity(emb[0], enroll_emb, dim=0))
-            lines.append(f"{stem}: cosine to enrollment {sim:.3f}")
-        for name, target in targets.items():
-            maps = explain(enc, x, target, methods, target_layer)
-            save_maps(maps, x, out, f"{stem}_{name}", title=f"{stem} ({name})")
-            # Deletion check: masking the top 20% bins should hurt more than a random 20%.
-            rand = np.mean([deletion_drop(enc, x, target, rng.random(x.shape[1:]) < 0.2)
-                            for _ in range(4)])
-            drops = ", ".join(
-                f"{m} {deletion_drop(enc, x, target, top_fraction_mask(v, 0.2)):.3f}"
-                for m, v in maps.items())
-            lines.append(f"{stem} ({name}) score drop, top-20% bins masked: {drops}; "
-                         f"random 20%: {rand:.3f}")
-        log(f"[{i}/{len(audio)}] {stem}: {x.shape[1]} frames, "
-            f"{len(targets) * len(methods)} maps ({time.monotonic() - t0:.1f}s)")
-    if skipped:
-        lines.append(f"skipped {len(skipped)} of {len(audio)} utterances: "
-                     + "; ".join(skipped.values()))
-    if len(skipped) == len(audio):
-        raise ExplainError("no utterance could be read: " + next(iter(skipped.values())))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
-    return lines
