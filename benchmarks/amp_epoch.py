@@ -75,10 +75,11 @@ def run_mode(data: dict, mode: str, epochs: int, passes: int, device: torch.devi
     import pandas as pd
     from speakertune.losses import build_loss
     from speakertune.models import build_encoder
+    from speakertune.scoring.embed import embed_features
+    from speakertune.scoring.verification import score_backends
     from speakertune.train.loop import SpeakerNet, run_epoch
     from speakertune.train.optim import build_optimizer, build_scheduler
     from speakertune.train.precision import autocast, grad_scaler, resolve_amp
-    from speakertune.train.validation import embed_features, score_backends
 
     cfg = resolve(CFG, {"trainer.amp": mode})
     t = cfg["trainer"]

@@ -37,7 +37,9 @@ def untrained_eer(cfg: dict) -> dict[str, float]:
     from speakertune.data.plda_sample import plda_sample
     from speakertune.frontend.features import feature_dim
     from speakertune.models import build_encoder
-    from speakertune.train.validation import embed_features, load_eval_features, score_backends
+    from speakertune.scoring.embed import embed_features
+    from speakertune.scoring.embed import load_features as load_eval_features
+    from speakertune.scoring.verification import score_backends
 
     corpus = load_corpus(cfg["data"])
     torch.manual_seed(int(cfg["trainer"]["seed"]))

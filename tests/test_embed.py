@@ -66,9 +66,10 @@ def test_validation_and_evaluate_give_the_same_eer(tiny_corpus, tmp_path, max_se
     trials with the same embedding settings (whole utterances, or the same cap)."""
     from speakertune.data.corpus import load_corpus
     from speakertune.data.plda_sample import plda_sample
+    from speakertune.scoring.embed import embed_features as val_embed
+    from speakertune.scoring.embed import load_features as load_eval_features
     from speakertune.scoring.evaluate import evaluate
-    from speakertune.train.validation import embed_features as val_embed
-    from speakertune.train.validation import load_eval_features, score_backends
+    from speakertune.scoring.verification import score_backends
 
     corpus = load_corpus({"corpus": "synthetic", "root": str(tiny_corpus), "speakers": 8,
                           "utts_per_speaker": 4, "val_speakers": 3})

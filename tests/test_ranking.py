@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from speakertune.checkpoint import load_checkpoint, save_checkpoint
 from speakertune.ranking import checkpoint_backend, ranked_backend
-from speakertune.train.validation import score_backends
+from speakertune.scoring.verification import score_backends
 from test_checkpoint import tiny_cfg, tiny_encoder
 
 
@@ -33,11 +33,11 @@ def _one_utt_per_speaker(seed: int = 0):
 def test_a_failing_backend_reports_nan_and_never_silently_switches(caplog, monkeypatch):
     """PLDA cannot fit: its metrics are NaN, cosine's are computed, and ``val_eer`` is the named
     backend's EER only (NaN when ranking on plda, cosine's when ranking on cosine)."""
-    from speakertune.train import validation
+    from speakertune.scoring import verification
 
-    monkeypatch.setattr(validation, "_reported", set())  # a fresh process
+    monkeypatch.setattr(verification, "_reported", set())  # a fresh process
     train, spk, val, trials = _one_utt_per_speaker()
-    caplog.set_level(logging.WARNING, logger="speakertune.train.validation")
+    caplog.set_level(logging.WARNING, logger="speakertune.scoring.verification")
     res = score_backends(train, spk, val, trials, {"plda": {"lda_dim": 2}}, "plda")
     assert math.isnan(res.metrics["val_eer_plda"]) and math.isnan(res.metrics["val_min_dcf_plda"])
     assert "single embedding" in res.errors["plda"] and "\n" not in res.errors["plda"]

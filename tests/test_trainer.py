@@ -104,8 +104,9 @@ def test_checkpoint_reload_reproduces_validation_eer(crashed_run):
     from speakertune.checkpoint import load_checkpoint
     from speakertune.data.corpus import load_corpus
     from speakertune.scoring.backends import score_trials
+    from speakertune.scoring.embed import embed_features
+    from speakertune.scoring.embed import load_features as load_eval_features
     from speakertune.scoring.metrics import eer
-    from speakertune.train.validation import embed_features, load_eval_features
 
     cfg, out = crashed_run
     ck = load_checkpoint(out["checkpoint"])

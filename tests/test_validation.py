@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import roc_curve
-from speakertune.train.validation import embed_features, score_backends
+from speakertune.scoring.embed import embed_features
+from speakertune.scoring.verification import score_backends
 
 
 def test_embeddings_do_not_depend_on_batching():

@@ -6,7 +6,7 @@ Two measurements, both on real audio of the checkpoint's own dev set (``data`` c
   7.3 s by default), featurised by ``frontend.pipeline.extract_features`` and embedded by both
   models one at a time: max |difference| per length. Different lengths through one file is
   also the check that its time axis is really dynamic.
-* **dev EER**: the sweep's dev evaluation (``train.validation``: the dev utterances and the
+* **dev EER**: the sweep's dev evaluation (``scoring.verification``: the dev utterances and the
   PLDA-fit sample, centred crops of at most ``trainer.val_max_seconds``, ``scoring.embed``,
   cosine and PLDA fitted on the sample) run once with each model on the same cached features.
   The exported model enters ``scoring.embed`` as an ``nn.Module`` backed by its runtime, so
@@ -53,7 +53,7 @@ def load_dev_set(cfg: dict[str, Any]) -> DevSet:
     """The checkpoint's dev role (``data.corpus.load_corpus``) and PLDA sample, featurised once."""
     from speakertune.data.corpus import load_corpus
     from speakertune.data.plda_sample import plda_sample
-    from speakertune.train.validation import load_eval_features
+    from speakertune.scoring.embed import load_features as load_eval_features
 
     t = cfg["trainer"]
     corpus = load_corpus(cfg["data"])
@@ -112,7 +112,8 @@ def check_lengths(reference: torch.nn.Module, exported: torch.nn.Module, cfg: di
 
 def _dev_metrics(encoder: torch.nn.Module, dev: DevSet, cfg: dict[str, Any]
                  ) -> tuple[dict[str, np.ndarray], Any]:
-    from speakertune.train.validation import embed_features, score_backends
+    from speakertune.scoring.embed import embed_features
+    from speakertune.scoring.verification import score_backends
 
     val = embed_features(encoder, dev.val.feats)
     fit = embed_features(encoder, dev.fit.feats)

@@ -1,8 +1,9 @@
 """The one embedding path: features -> encoder -> one embedding per utterance.
 
-Per-epoch validation (``train/validation.py``), evaluation (``scoring/evaluate.py``) and the
-window batching of diarization all go through here, so a checkpoint's dev EER in a sweep and
-its EER from ``evaluate`` are the same number for the same trials and ``max_seconds``.
+Per-epoch validation (``train/worker.py``, scored by ``scoring/verification.py``), evaluation
+(``scoring/evaluate.py``) and the window batching of diarization all go through here, so a
+checkpoint's dev EER in a sweep and its EER from ``evaluate`` are the same number for the same
+trials and ``max_seconds``.
 
 Rules (see ``segments`` and ``centre_crop``):
 

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from speakertune.metric_keys import VAL_BACKENDS
-from speakertune.registry import BACKENDS
 from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
 from speakertune.scoring.backends.base import length_norm
 from speakertune.scoring.metrics import identification_accuracy, verification_report
+from speakertune.scoring.verification import fit_backends, usable_trials
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,6 @@ class EvalResult:
     files: dict[str, Path] = field(default_factory=dict)
     backend: str = ""  # the primary backend: the one asked for, or the checkpoint's ranked one
     backend_note: str = ""  # the printed line saying which backend and why
-
-
-def fit_backends(
-    names: Sequence[str], emb: np.ndarray, spk: np.ndarray, cfg: dict[str, Any] | None = None
-) -> dict[str, Backend]:
-    """Build each named backend with its options from ``cfg["backend"][name]`` and fit it.
-
-    Example: ``fit_backends(["plda"], emb [n, D], spk [n], cfg)`` -> ``{"plda": PLDABackend}``.
-    """
-    opts = (cfg or {}).get("backend", {}) or {}
-    return {n: BACKENDS.build({"name": n, **(opts.get(n) or {})}).fit(emb, spk) for n in names}
 
 
 def verify(
@@ -250,17 +239,16 @@ def evaluate(
         cohort = x if asnorm_cohort else None
     fitted = {b: fitted[b] for b in names}  # keep the requested order
     # Trials touching an utterance that could not be embedded are dropped and counted.
-    ok = np.array([t in emb and all(u in emb for u in enroll_ids(e))
-                   for e, t in zip(tri["enroll"].astype(str), tri["test"].astype(str))])
-    kept = tri[ok].reset_index(drop=True)
+    kept = usable_trials(tri, set(emb)).reset_index(drop=True)
+    dropped = len(tri) - len(kept)
     if kept["label"].nunique() < 2:
         raise EvaluationError("after skipping undecodable utterances no target/non-target mix "
-                              f"remains ({int((~ok).sum())} of {len(tri)} trials dropped)")
+                              f"remains ({dropped} of {len(tri)} trials dropped)")
     scores, metrics = verify(fitted, emb, kept, cohort, asnorm_cohort, cohort_spk)
     spk_by_utt = dict(zip(eval_df["utt"].astype(str), eval_df["spk"].astype(str)))
     result = EvalResult(metrics=metrics, scores=scores, trials=kept,
                         identification=identify(emb, spk_by_utt), skipped_utts=skipped,
-                        skipped_trials=int((~ok).sum()), backend=primary, backend_note=line)
+                        skipped_trials=dropped, backend=primary, backend_note=line)
     if out_dir is not None:
         _write_outputs(Path(out_dir), result, emb, spk_by_utt, tsne)
     return result

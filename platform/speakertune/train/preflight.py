@@ -27,11 +27,11 @@ from speakertune.frontend.features import feature_dim
 from speakertune.frontend.pipeline import FrontEnd, collate_random_crop, crop_frames
 from speakertune.losses import build_loss
 from speakertune.models import build_encoder
+from speakertune.scoring.verification import check_val_backend
 from speakertune.train.distributed import Dist
 from speakertune.train.loop import SpeakerNet, run_epoch
 from speakertune.train.optim import build_optimizer, build_scheduler
 from speakertune.train.precision import grad_scaler, resolve_amp
-from speakertune.train.validation import check_val_backend
 
 AUGMENT_PROBS = ("noise_prob", "babble_prob", "reverb_prob", "speed_prob", "specaug_prob")
 

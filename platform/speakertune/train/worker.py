@@ -264,8 +264,8 @@ def _inject_failure(cfg: dict[str, Any], meta: dict[str, Any], epoch: int, rank:
 def _validate(w: _Worker, dist: Dist, cache: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Embeddings on every worker, scoring on rank 0; every rank returns the same metrics
     (the scoring result itself only on rank 0)."""
+    from speakertune.scoring.embed import embed_features
     from speakertune.train.precision import autocast
-    from speakertune.train.validation import embed_features
 
     local = {
         key: embed_features(w.net.encoder, part.feats, device=w.device,
@@ -281,7 +281,7 @@ def _validate(w: _Worker, dist: Dist, cache: dict[str, Any]) -> tuple[dict[str, 
 
 def _score(w: _Worker, gathered: list[tuple[dict, dict]]) -> Any:
     """Rank 0: fit the backends on the PLDA sample and score the validation trials."""
-    from speakertune.train.validation import score_backends
+    from speakertune.scoring.verification import score_backends
 
     val_emb, train_emb, bad = {}, {}, {}
     for emb, skip in gathered:

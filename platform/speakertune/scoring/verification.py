@@ -1,12 +1,7 @@
-"""Per-epoch validation: embed held-out speakers, score the trial list with cosine and PLDA.
-
-Features of the validation utterances (and of the training sample the PLDA is fitted on) do
-not change between epochs, so they are computed once and cached; only the encoder runs each
-epoch. Loading and embedding are ``scoring.embed``'s (the one embedding path, shared with
-``scoring.evaluate``): whole utterances, or centred crops of at most
-``trainer.val_max_seconds`` (see ``config.DEFAULTS`` for why that cap is on by default), long
-ones chunked and averaged, and batches of equal lengths only, so an utterance's embedding does
-not depend on which others share its batch (or worker).
+"""The one verification-scoring core: fit backends by name, keep the trials whose utterances
+all have embeddings, and score them per backend (EER, minDCF, and the ranking backend's EER with
+its 95% bootstrap CI). Per-epoch validation, ``evaluate``, fine-tuning's reports and the export
+parity check all score through here.
 
 A backend that fails to fit or score (e.g. PLDA when every speaker has one embedding) reports
 NaN metrics and a one-line reason in ``ValidationResult.errors``; the epoch goes on with the
@@ -19,55 +14,23 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from speakertune.config import ConfigError
 from speakertune.metric_keys import VAL_BACKENDS
 from speakertune.ranking import ranked_backend
 from speakertune.registry import BACKENDS
-from speakertune.scoring import embed, metrics
-from speakertune.scoring.backends import enroll_ids, score_trials
+from speakertune.scoring import metrics
+from speakertune.scoring.backends import Backend, enroll_ids, score_trials
 
 log = logging.getLogger(__name__)
 P_TARGET = metrics.P_TARGET
-EvalFeatures = embed.Features  # utt -> [frames, dims] features, and utt -> skip reason
 _reported: set[str] = set()  # backend failure reasons already logged by this process
-
-
-def load_eval_features(
-    df: pd.DataFrame,
-    cfg: dict[str, Any],
-    *,
-    storage_options: dict[str, Any] | None = None,
-    max_seconds: float | None = None,
-) -> EvalFeatures:
-    """Decode and featurise every row of ``df`` (no augmentation), centre-cropped to at most
-    ``max_seconds`` (None: whole utterances). Failures are kept, not raised: the caller
-    counts and reports them.
-
-    Example: ``load_eval_features(val_df, cfg, max_seconds=6.0).feats["u1"]`` -> [<= 600, 80].
-    """
-    return embed.load_features(df, cfg, max_seconds=max_seconds, storage_options=storage_options)
-
-
-def embed_features(
-    encoder: torch.nn.Module,
-    feats: dict[str, torch.Tensor],
-    *,
-    device: torch.device | str = "cpu",
-    autocast: Any = None,
-    batch_size: int = 32,
-) -> dict[str, np.ndarray]:
-    """Embeddings (float32 numpy) of cached features, by ``scoring.embed.embed_features``.
-
-    Example: ``embed_features(enc, {"u1": randn(600, 80)})`` -> ``{"u1": ndarray [D]}``.
-    """
-    return embed.embed_features(encoder, feats, batch_size=batch_size, device=device,
-                                autocast=autocast)
 
 
 @dataclass
@@ -89,10 +52,21 @@ def usable_trials(trials: pd.DataFrame, known: set[str]) -> pd.DataFrame:
     return trials[ok]
 
 
-def _one_backend(name: str, opts: dict[str, Any], x: np.ndarray, spk: np.ndarray,
+def fit_backends(
+    names: Sequence[str], emb: np.ndarray, spk: np.ndarray, cfg: dict[str, Any] | None = None
+) -> dict[str, Backend]:
+    """Build each named backend with its options from ``cfg["backend"][name]`` and fit it.
+
+    Example: ``fit_backends(["plda"], emb [n, D], spk [n], cfg)`` -> ``{"plda": PLDABackend}``.
+    """
+    opts = (cfg or {}).get("backend", {}) or {}
+    return {n: BACKENDS.build({"name": n, **(opts.get(n) or {})}).fit(emb, spk) for n in names}
+
+
+def _one_backend(name: str, backend_cfg: dict[str, Any], x: np.ndarray, spk: np.ndarray,
                  val_emb: dict[str, np.ndarray], kept: pd.DataFrame,
                  labels: np.ndarray) -> tuple[Any, np.ndarray, float, float]:
-    backend = BACKENDS.build({"name": name, **opts}).fit(x, spk)
+    backend = fit_backends([name], x, spk, {"backend": backend_cfg})[name]
     s = score_trials(backend, val_emb, kept)
     rates = metrics.error_rates(s, labels)
     return (backend, s, metrics.eer_from_rates(*rates)[0],
@@ -129,8 +103,8 @@ def score_backends(
     res = ValidationResult({}, {}, {}, labels, dropped)
     for name in VAL_BACKENDS:
         try:
-            backend, s, eer, dcf = _one_backend(name, dict(backend_cfg.get(name) or {}), x, spk,
-                                                val_emb, kept, labels)
+            backend, s, eer, dcf = _one_backend(name, backend_cfg, x, spk, val_emb, kept,
+                                                labels)
         except (ValueError, np.linalg.LinAlgError) as exc:  # project errors are ValueErrors
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             res.errors[name] = reason
@@ -166,7 +140,5 @@ def check_val_backend(val_backend: str, key: str = "trainer.val_backend") -> Non
     """A ConfigError unless ``val_backend`` names one backend (``best`` is no longer allowed:
     ranking on the better of two per trial picks on dev noise)."""
     if val_backend not in VAL_BACKENDS:
-        from speakertune.config import ConfigError
-
         hint = " (the best-of choice was removed: name one)" if val_backend == "best" else ""
         raise ConfigError(f"{key}: {val_backend!r} is not {' or '.join(VAL_BACKENDS)}{hint}")
