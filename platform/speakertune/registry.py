@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +19,20 @@ class UnknownComponentError(KeyError):
 
 
 class Registry:
-    """A small registry: ``@MODELS.register("ecapa_tdnn")`` then ``MODELS.build(cfg)``."""
+    """A small registry: ``@MODELS.register("ecapa_tdnn")`` then ``MODELS.build(cfg)``.
 
-    def __init__(self, kind: str) -> None:
+    ``provider`` is the module whose import registers the components: looked up on first use,
+    so a lower layer (a checkpoint loading its backends) finds them without importing it."""
+
+    def __init__(self, kind: str, provider: str | None = None) -> None:
         self.kind = kind
+        self.provider = provider
         self._items: dict[str, Callable[..., Any]] = {}
+
+    def _load(self) -> None:
+        if self.provider:
+            importlib.import_module(self.provider)
+            self.provider = None
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,6 +44,8 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._items:
+            self._load()
         if name not in self._items:
             close = difflib.get_close_matches(str(name), self._items, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -53,17 +65,20 @@ class Registry:
         return self.get(name)(**cfg, **extra)
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self._load()
         return name in self._items
 
 
-MODELS = Registry("model")
-POOLINGS = Registry("pooling")
-LOSSES = Registry("loss")
-FEATURES = Registry("feature")
-BACKENDS = Registry("backend")
+MODELS = Registry("model", "speakertune.models")
+POOLINGS = Registry("pooling", "speakertune.pooling")
+LOSSES = Registry("loss", "speakertune.losses")
+FEATURES = Registry("feature", "speakertune.frontend.features")
+BACKENDS = Registry("backend", "speakertune.scoring.backends")
 
 REGISTRIES = {
     "models": MODELS,
@@ -76,16 +91,8 @@ REGISTRIES = {
 
 def load_all() -> None:
     """Import every component module so that all names are registered."""
-    import importlib
-
-    for mod in (
-        "speakertune.models",
-        "speakertune.pooling",
-        "speakertune.losses",
-        "speakertune.frontend.features",
-        "speakertune.scoring.backends",
-    ):
-        importlib.import_module(mod)
+    for registry in REGISTRIES.values():
+        registry._load()
 
 
 def build_checked(registry: Registry, cfg: dict[str, Any] | str, where: str, **extra: Any) -> Any:
