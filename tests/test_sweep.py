@@ -116,6 +116,36 @@ def test_absolute_paths_keep_builtin_banks_and_uris(tmp_path: Path) -> None:
     assert out["trainer"]["init_checkpoint"] is None
 
 
+def test_errors_that_cannot_heal_are_not_retried() -> None:
+    from ray.train import WorkerGroupError
+    from speakertune.config import ConfigError
+    from speakertune.search.failures import cannot_heal, run_with_retry
+
+    assert cannot_heal(ConfigError("augment.noise_bank: x"))
+    assert not cannot_heal(RuntimeError("node lost"))
+    assert cannot_heal(WorkerGroupError("w", {0: ConfigError("a"), 1: KeyError("b")}))
+    assert not cannot_heal(WorkerGroupError("w", {0: ConfigError("a"), 1: OSError("gone")}))
+    calls: list[str] = []
+
+    def flaky() -> str:
+        calls.append("x")
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return "ok"
+
+    assert run_with_retry(flaky, log=calls.append) == "ok"
+    assert calls[1].startswith("trial failed (transient); retry 1 of 1")
+
+    def broken() -> None:
+        calls.append("y")
+        raise ConfigError("data.root: bad")
+
+    calls.clear()
+    with pytest.raises(ConfigError):
+        run_with_retry(broken, log=calls.append)
+    assert calls == ["y"]  # failed once, no retry
+
+
 @pytest.mark.slow
 def test_a_sweep_whose_trials_all_fail_ends_early_without_retries(ray_local,
                                                                   tmp_path: Path) -> None:

@@ -1,20 +1,55 @@
-"""Trial failures: who retries what, and ending a sweep whose every trial fails.
+"""Trial failures: which ones a retry can heal, and ending a sweep whose every trial fails.
 
-Ray Train restarts a trial's worker group from its last checkpoint when a worker (or its node)
-dies (``FailureConfig(max_failures=2)``): the faults that heal. Nothing else retries. Tune does
-not (``FailureConfig(max_failures=0)``): it cannot tell a configuration error from a fault and
-ran every doomed trial twice. Nor does the trial function: a Train run that fails there was
-stopped on purpose (ASHA: its worker group's placement group is released) or has used Ray
-Train's retries, and a second run started while Tune stops the trial would leave its worker
-group behind. A configuration or data error therefore fails its trial once; ``--resume``
-retries errored trials.
+Where retries live: Ray Train's ``FailureConfig`` restarts a trial's worker group from its last
+checkpoint when a worker (or its node) dies; the trial function itself retries once more what
+may be transient; Tune retries nothing (``FailureConfig(max_failures=0)``), because it cannot
+tell a configuration error from a fault and would run a doomed trial twice. Errors that cannot
+heal are the project's bad-input errors (``ConfigError``, ``DataError``, ... all ``ValueError``)
+and the ``TypeError``/``KeyError`` of a bad option: they fail the trial at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ray.tune import Callback, Stopper
+
+from speakertune.redact import redact_text
+
+T = TypeVar("T")
+PERMANENT = (ValueError, TypeError, KeyError)
+TRIAL_RETRIES = 1  # retries of a trial's whole Train run for a fault that may heal
+
+
+def cannot_heal(exc: BaseException) -> bool:
+    """A bad-input error, or a Train run whose every failed worker raised one."""
+    if isinstance(exc, PERMANENT):
+        return True
+    failures = getattr(exc, "worker_failures", None)  # ray.train.WorkerGroupError
+    if failures:
+        return all(cannot_heal(getattr(e, "cause", None) or e) for e in failures.values())
+    return False
+
+
+def run_with_retry(fit: Callable[[], T], log: Callable[[str], None] = print,
+                   retries: int = TRIAL_RETRIES) -> T:
+    """``fit()``, called again (up to ``retries`` times) after an error that may heal."""
+    attempt = 0
+    while True:
+        try:
+            return fit()
+        except Exception as exc:
+            if cannot_heal(exc) or attempt >= retries:
+                raise
+            attempt += 1
+            log(f"trial failed ({first_line(exc)}); retry {attempt} of {retries}")
+
+
+def first_line(exc: BaseException | str) -> str:
+    """The last non-empty line of an error's text (Ray's traces end with ``Type: message``)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return redact_text(lines[-1].strip()) if lines else type(exc).__name__
 
 
 class AllFailedStop(Callback, Stopper):

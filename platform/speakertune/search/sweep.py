@@ -45,7 +45,7 @@ from speakertune.search.cluster import (
     cluster_concurrency,
     find_autoscaler_config,
 )
-from speakertune.search.failures import AllFailedStop
+from speakertune.search.failures import AllFailedStop, run_with_retry
 from speakertune.search.finetune import finetune_top
 from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
@@ -107,7 +107,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         autoscaling_env()  # Train waits for the nodes the autoscaler is adding
     # A fixed Train run name per trial: a retried or resumed trial continues its own Train run
     # from that run's latest checkpoint instead of starting over.
-    trainer = factory(
+    run_with_retry(lambda: factory(
         cfg,
         storage_path=spec["train_root"],
         name=trial_id,
@@ -115,8 +115,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         max_failures=spec["max_failures"],
         metric_tags=metric_tags(ctx.get_experiment_name(), ctx.get_trial_name()),
         feature_cache=spec["feature_cache"],
-    )
-    trainer.fit()
+    ).fit())
 
 
 def _experiment_name(space: SearchSpace, storage: str, name: str | None, resume: bool) -> str:
@@ -265,7 +264,7 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
-            # retries are Ray Train's (worker and node faults), never Tune's: search.failures
+            # retries are Train's and the trial function's (search.failures), never Tune's
             failure_config=tune.FailureConfig(max_failures=0),
             stop=all_failed,
             callbacks=[
