@@ -34,14 +34,11 @@ def ray_local():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1 (free ports, real credentials: a wrong secret
-    is rejected). Yields a ``tests.s3server.SeaweedS3``: ``.endpoint``, ``.access_key``,
+    is rejected). Yields a ``speakertune.testing.s3server.SeaweedS3``: ``.endpoint``,
+    ``.access_key``,
     ``.secret_key``, ``.region``, ``.storage_options`` (for ``speakertune.data``),
     ``.make_bucket(name)``, ``.upload_dir(local, bucket, prefix)``, ``.client()`` (boto3)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from s3server import SeaweedS3
+    from speakertune.testing.s3server import SeaweedS3
 
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
     try:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import toy_speakers as ts
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 from speakertune.commands import diarize as diarize_command
@@ -25,6 +24,7 @@ from speakertune.diarization.diarize import (
     sliding_windows,
 )
 from speakertune.diarization.rttm import RTTMError, Turn, read_rttm, write_rttm
+from speakertune.testing import toy_speakers as ts
 
 CFG = {"features": ts.FEATS, "model": {"name": "tdnn", "channels": 64, "out_channels": 128},
        "pooling": {"name": "stats"}, "embed_dim": 32, "loss": {"name": "softmax"}}

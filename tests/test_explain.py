@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import toy_speakers as ts
 from speakertune.commands import explain as explain_command
 from speakertune.explain import (
     METHODS,
@@ -24,6 +23,7 @@ from speakertune.explain import (
     similarity_target,
     top_fraction_mask,
 )
+from speakertune.testing import toy_speakers as ts
 from torch import nn
 
 CFG = {"features": ts.FEATS, "model": {"name": "resnet10", "base_channels": 4},

@@ -98,7 +98,7 @@ def test_frame_level_shapes_at_full_size(name: str, frames_out: int) -> None:
 #    emb192 6.19M, ECAPA_TDNN_GLOB_c1024-ASTP-emb192 14.65M (Desplanques et al. 2020 report
 #    14.7M for C=1024), ResNet34-TSTP-emb256 6.63M, ResNet101-TSTP-emb256 15.95M.
 #  - SpeechBrain 1.1.2 ECAPA_TDNN(80, channels=[1024]*4+[3072], lin_neurons=192): 20,767,552
-#    (also 3D-Speaker's ECAPA-TDNN: 20.8M); benchmarks/encoder.py builds SpeechBrain's model
+#    (also 3D-Speaker's ECAPA-TDNN: 20.8M); benchmarks/compare/encoder.py builds SpeechBrain's model
 #    and prints both counts side by side.
 PUBLISHED = [
     ({"name": "ecapa_tdnn", "channels": 512}, "attentive_stats", 192, 6.19e6),

@@ -8,7 +8,6 @@ import errno
 import io
 import logging
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,9 +22,7 @@ from speakertune.config import resolve
 from speakertune.data import storage
 from speakertune.data.audio import decode_audio, load_audio
 from speakertune.data.errors import AudioError
-
-sys.path.insert(0, str(Path(__file__).parent))
-import s3server  # noqa: E402 - the shared SeaweedFS helper lives next to the tests
+from speakertune.testing import s3server
 
 SR = 16000
 
@@ -42,13 +39,13 @@ class RestartableS3(s3server.SeaweedS3):
     _ports: list[int] | None = None
 
     def start(self) -> RestartableS3:
-        free = s3server._free_ports
+        free = s3server.free_ports
         self._ports = self._ports or free(12)
-        s3server._free_ports = lambda n: list(self._ports)  # start() asks for its 12 ports
+        s3server.free_ports = lambda n: list(self._ports)  # start() asks for its 12 ports
         try:
             return super().start()
         finally:
-            s3server._free_ports = free
+            s3server.free_ports = free
 
     def _wait_ready(self) -> None:  # ready = the objects written before the restart are served
         deadline = time.monotonic() + self.timeout

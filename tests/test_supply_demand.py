@@ -1,5 +1,5 @@
-"""The sizing arithmetic of benchmarks/supply_demand.py (data CPUs per GPU, data-wait fraction)
-against hand computations and a simulated producer/consumer pipeline; the per-space model
+"""The sizing arithmetic of benchmarks/sizing/supply_demand.py (data CPUs per GPU, data-wait
+fraction) against hand computations and a simulated producer/consumer pipeline; the per-space model
 grid it sizes from the shipped spaces. No Ray, no audio: about a second."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "sizing"))
 import supply_demand as sd  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """A toy speaker corpus for the offline GPU check: numpy/scipy voices only (no espeak).
 
-Writes N speakers x M utterances of 16 kHz WAV (tests/toy_speakers.py's source-filter voices)
+Writes N speakers x M utterances of 16 kHz WAV (``speakertune.testing.toy_speakers`` voices)
 and ``corpus.csv`` (utt,spk,uri,duration_s,sample_rate) for ``prepare csv``.
 
     python benchmarks/gpu/make_corpus.py OUT_DIR [--speakers 40] [--utts 10] [--seconds 3]
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from toy_speakers import SR, make_speakers, utterance  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))  # bare checkout
+from speakertune.testing.toy_speakers import SR, make_speakers, utterance  # noqa: E402
 
 
 def write_banks(out: Path, rng: np.random.Generator, n: int = 8) -> None:

@@ -93,7 +93,7 @@ column -t -s $'\t' "$SUMMARY" || cat "$SUMMARY"
 stamp "supply/demand benchmark"
 sd_rc=0
 # shellcheck disable=SC2086
-timeout "$SD_TIMEOUT" $PY benchmarks/supply_demand.py --manifest "$WORK/data/manifest.parquet" \
+timeout "$SD_TIMEOUT" $PY benchmarks/sizing/supply_demand.py --manifest "$WORK/data/manifest.parquet" \
   --banks "$WORK/toy" --cpus $SD_CPUS --amp off bf16 > "$WORK/supply_demand.log" 2>&1 || sd_rc=$?
 grep -E '^\||^(rule|step alone|corpus)' "$WORK/supply_demand.log" || true
 [ "$sd_rc" = 0 ] || tail -n 30 "$WORK/supply_demand.log"

@@ -2,7 +2,7 @@
 work (read, decode, crop, augment, fbank, random-length batches) with the same number of CPUs,
 and against feature extraction alone on in-memory crops (the ceiling).
 
-    .venv/bin/python benchmarks/frontend.py [--quick] [--cpus N]
+    .venv/bin/python benchmarks/compare/frontend.py [--quick] [--cpus N]
 
 Real time is counted on the audio actually delivered (the cropped seconds). Both pipelines run
 one warm-up epoch and are then timed over the next epochs, alternating epoch by epoch so both

@@ -3,7 +3,7 @@ utterance, same corpus, same process, same number of fetch threads. Both arms re
 every utterance to float32 (what the training stream does before cropping); the server's own
 Prometheus counters give the number of S3 requests each arm made.
 
-    .venv/bin/python benchmarks/s3_shards.py [--corpus DIR] [--shard-mb 8] [--threads 8]
+    .venv/bin/python benchmarks/scale/s3_shards.py [--corpus DIR] [--shard-mb 8] [--threads 8]
 
 Without --corpus a synthetic corpus of 16 x 8 utterances is built (slow: espeak-ng).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import tempfile
 import time
 import urllib.request
@@ -24,9 +23,7 @@ from speakertune.data.manifest import read_manifest
 from speakertune.data.shards import decode_row, read_shard, write_shards
 from speakertune.data.storage import read_bytes
 from speakertune.data.synthetic import ensure_synthetic_corpus
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from s3server import SeaweedS3, _free_ports  # noqa: E402 - the test helper that runs SeaweedFS
+from speakertune.testing.s3server import SeaweedS3, free_ports
 
 SR = 16000
 
@@ -71,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.corpus) if args.corpus else ensure_synthetic_corpus(
             Path(tmp) / "c", 16, 8, progress=None)
-        port = _free_ports(1)[0]
+        port = free_ports(1)[0]
         with SeaweedS3(Path(tmp) / "s3", extra_args=(f"-metricsPort={port}",)) as s3:
             metrics = f"http://127.0.0.1:{port}/metrics"
             bucket = s3.make_bucket("bench")

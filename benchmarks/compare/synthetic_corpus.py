@@ -1,6 +1,6 @@
 """Build time of the built-in synthetic corpus: process pool (ours) vs one process (baseline).
 
-    .venv/bin/python benchmarks/synthetic_corpus.py [--quick]
+    .venv/bin/python benchmarks/compare/synthetic_corpus.py [--quick]
 
 Full size is the default corpus (100 speakers x 20 utterances, noise and RIR banks); the
 brief requires it to build in under a minute on 2 cores. --quick builds 24 x 20.

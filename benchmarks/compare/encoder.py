@@ -6,7 +6,8 @@ load affects both alike. Prints the ratio (ours / SpeechBrain; >= 1.0 means ours
 both parameter counts, and ends with one Markdown table row. The ratio uses each model's best
 step (least disturbed by other processes on a shared machine); medians are printed too.
 
-    .venv/bin/python benchmarks/encoder.py [--quick] [--channels 512] [--batch 16] [--frames 200]
+    .venv/bin/python benchmarks/compare/encoder.py [--quick] [--channels 512] [--batch 16] \
+        [--frames 200]
 """
 
 from __future__ import annotations

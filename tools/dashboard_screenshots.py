@@ -1,8 +1,8 @@
 """Look at a sweep the way a user does: headless-Chromium screenshots of the Ray dashboard
 while a small sweep runs, plus what the node's Prometheus endpoint says about its trials.
 
-    python benchmarks/dashboard_screenshots.py --out docs/img           # quickstart, 2 trials
-    python benchmarks/dashboard_screenshots.py --space search_spaces/x.yaml --num-samples 1
+    python tools/dashboard_screenshots.py --out docs/img           # quickstart, 2 trials
+    python tools/dashboard_screenshots.py --space search_spaces/x.yaml --num-samples 1
 
 Starts its own Ray head (``ray start --head --block``, free ports, dashboard on 127.0.0.1,
 metrics exported every second) so that it never touches another Ray on the machine, runs

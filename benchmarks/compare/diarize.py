@@ -2,16 +2,14 @@
 batched by length (ours, ``speakertune.diarization.diarize.diarize``) vs features + forward pass
 per window (baseline, the straightforward loop). Same encoder, same windows, same clustering.
 
-    .venv/bin/python benchmarks/diarize.py [--quick]
+    .venv/bin/python benchmarks/compare/diarize.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,9 +23,7 @@ from speakertune.diarization.diarize import (
     sliding_windows,
 )
 from speakertune.models import build_encoder
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import toy_speakers as ts  # noqa: E402 - the tests' toy voices
+from speakertune.testing import toy_speakers as ts
 
 
 def recording(seconds: float, n_speakers: int = 3) -> np.ndarray:

@@ -5,7 +5,7 @@ validation EER with the baseline of the same encoder untrained (random initialis
 on the same trial list by the same cosine and PLDA backends in this process.
 Ratio = baseline EER / trained EER (how many times fewer errors training buys).
 
-    python benchmarks/train_quality.py [--quick] [--epochs N] [--storage runs]
+    python benchmarks/compare/train_quality.py [--quick] [--epochs N] [--storage runs]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Demand side of benchmarks/supply_demand.py: crops/s one train worker consumes, from the
+"""Demand side of benchmarks/sizing/supply_demand.py: crops/s one train worker consumes, from the
 trainer's own step on random features of a config's random-length crops."""
 
 from __future__ import annotations

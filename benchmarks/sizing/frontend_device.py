@@ -1,7 +1,7 @@
 """Data-side cost of the front end when augmentation and features move to the train worker's
 device (``frontend.device: worker|gpu``): utterances/s per data CPU.
 
-    .venv/bin/python benchmarks/frontend_device.py [--quick] [--cpus N]
+    .venv/bin/python benchmarks/sizing/frontend_device.py [--quick] [--cpus N]
 
 Measures, alternating rounds so all see the same (shared, noisy) machine:
 - per core, one process: the old work per utterance (fetch, full decode, crop, augment,

@@ -5,7 +5,7 @@ classifier, the PLDA sample over ~1,800 speakers with 3-4 utterances each, gener
 an official-style test list), not accuracy: the model is the smallest TDNN. It lowers itself to
 nice 10 once Ray is up (``local_ray.start_local_ray``).
 
-    .venv/bin/python benchmarks/e2e_scale.py [--speakers 2000] [--keep DIR]
+    .venv/bin/python benchmarks/scale/e2e_scale.py [--speakers 2000] [--keep DIR]
 
 Prints each stage's wall time, the peak memory (the driver's RSS; its whole process tree's, Ray
 workers included, as PSS and as a sum of RSS, sampled from /proc every 0.5 s) and the dev and
@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from local_ray import process_tree, renice, start_local_ray
+from speakertune.testing.local_ray import process_tree, renice, start_local_ray
+
+RUN_ALL_SKIP = "about 20 minutes and 7,000 WAV files"
 
 SR = 16000
 

@@ -2,7 +2,8 @@
 divided by what the training step consumes (ECAPA-TDNN C=512, batch 128), and from that how
 many data CPUs one GPU needs for each shipped search space (issue 14).
 
-    nice -n 10 .venv/bin/python benchmarks/supply_demand.py [--quick] [--cpus 1 2] [--amp bf16]
+    nice -n 10 .venv/bin/python benchmarks/sizing/supply_demand.py [--quick] [--cpus 1 2] \
+        [--amp bf16]
 
 Supply: the project's own stream (``frontend.stream.build_train_dataset``, Ray Data, at most
 N one-CPU tasks) in both ``frontend.device`` modes: ``cpu`` (the tasks decode, augment and
@@ -37,10 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # bare checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))  # bare checkout
 
-from local_ray import process_tree, renice, start_local_ray  # noqa: E402
 from speakertune.config import deep_merge, resolve  # noqa: E402
+from speakertune.testing.local_ray import process_tree, renice, start_local_ray  # noqa: E402
 from step_demand import demand, step_rate  # noqa: E402
 
 SPACES = ("architectures", "ecapa_losses", "end_to_end", "pareto", "quickstart")

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     socks = []
     try:
         for _ in range(n):
@@ -75,7 +75,7 @@ class SeaweedS3:
         names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                  "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port",
                  "admin.port.grpc", "debug.port", "s3.debug.port"]  # fmt: skip
-        ports = dict(zip(names, _free_ports(len(names))))
+        ports = dict(zip(names, free_ports(len(names))))
         self.port = ports["s3.port"]
         cmd = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false",

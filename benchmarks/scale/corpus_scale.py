@@ -2,7 +2,7 @@
 speaker split, dev-trial generation and the PLDA sample (ours) vs a bare pandas Parquet read of
 the same file (baseline: the floor any loader pays). URIs need not exist.
 
-    .venv/bin/python benchmarks/corpus_scale.py [--quick]
+    .venv/bin/python benchmarks/scale/corpus_scale.py [--quick]
 
 Full size: 1,092,009 utterances of 5,994 speakers with 1-60 videos each (VoxCeleb2 dev); budget
 60 s and 4 GiB peak RSS on 2 cores. --quick: 150,000 utterances of 1,211 speakers (VoxCeleb1).

@@ -2,7 +2,7 @@
 one trial at a time) vs a plain Optuna loop calling the same training function in the same
 process.  The ratio is what Ray Tune's trial management costs per trial on this machine.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--quick]
+    .venv/bin/python benchmarks/compare/sweep_overhead.py [--quick]
 """
 
 from __future__ import annotations

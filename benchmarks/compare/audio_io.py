@@ -1,13 +1,12 @@
 """Audio reads from a real S3 server (SeaweedFS on 127.0.0.1) with one cached client per
 process (ours) vs a new S3 client per file (baseline); local-disk reads for reference.
 
-    .venv/bin/python benchmarks/audio_io.py [--quick]
+    .venv/bin/python benchmarks/compare/audio_io.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +15,7 @@ from speakertune.data import storage
 from speakertune.data.audio import load_audio
 from speakertune.data.manifest import read_manifest
 from speakertune.data.synthetic import ensure_synthetic_corpus
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from s3server import SeaweedS3  # noqa: E402 - the test helper that runs SeaweedFS
+from speakertune.testing.s3server import SeaweedS3
 
 
 def rate(uris: list[str], opts: dict | None, fresh_client: bool = False) -> float:

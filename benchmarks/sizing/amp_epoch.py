@@ -6,8 +6,8 @@ GradScaler for fp16, clipping, LR schedule, margin warm-up), run in one process 
 cached in an ``.npz`` so that a bare GPU machine needs only torch, numpy, pandas and scipy (no
 Ray, no audio stack). Two steps:
 
-    python benchmarks/amp_epoch.py --export data/amp_feats.npz   # anywhere: corpus -> features
-    python benchmarks/amp_epoch.py --features data/amp_feats.npz [--quick]   # on the GPU
+    python benchmarks/sizing/amp_epoch.py --export data/amp_feats.npz  # anywhere: corpus -> cache
+    python benchmarks/sizing/amp_epoch.py --features data/amp_feats.npz [--quick]  # on the GPU
 
 Baseline = amp off in the same process; ratio = time(off) / time(mode). On a machine without
 CUDA it says so and exits 0.
@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # bare checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))  # bare checkout
 
 from speakertune.config import resolve  # noqa: E402
 
 # The product's default encoder (ECAPA-TDNN C=512, attentive stats, AAM-softmax).
+RUN_ALL_SKIP = "needs a GPU and a feature cache (--export first)"
+
 CFG = {"trainer": {"batch_size": 128, "grad_clip": 5.0},
        "scheduler": {"name": "cosine", "warmup_epochs": 1, "margin_warmup_epochs": 1}}
 TRAIN_FRAMES = 200  # stored crop per training utterance (2 s)

@@ -5,7 +5,7 @@
 2. PLDA fit and scoring time, and the EER reached, against SpeechBrain's PLDA
    (``speechbrain.processing.PLDA_LDA``) on the same synthetic speaker embeddings.
 
-    .venv/bin/python benchmarks/scoring.py [--quick]
+    .venv/bin/python benchmarks/compare/scoring.py [--quick]
 """
 
 from __future__ import annotations
