@@ -140,6 +140,44 @@ def _progress(total: int, what: str, every_s: float = 5.0):
     yield tick
 
 
+def _kaldi_speakers(d: str, opts: Opts) -> dict[str, str]:
+    """utt -> speaker from ``utt2spk``, else ``spk2utt``."""
+    if exists(join(d, "utt2spk"), opts):
+        rows = _unique_map(read_table(join(d, "utt2spk"), 2, 2, opts), join(d, "utt2spk"))
+        return {u: f[0] for u, f in rows.items()}
+    if not exists(join(d, "spk2utt"), opts):
+        raise ManifestError(f"{d}: neither utt2spk nor spk2utt found")
+    utt2spk: dict[str, str] = {}
+    for row in read_table(join(d, "spk2utt"), 2, None, opts):
+        for u in row[1:-1]:
+            if u in utt2spk:
+                raise ManifestError(f"{join(d, 'spk2utt')}:{row[-1]}: utterance {u!r} "
+                                    "listed twice")
+            utt2spk[u] = row[0]
+    return utt2spk
+
+
+def _kaldi_records(d: str, wav: dict[str, list[str]], scp_path: str, opts: Opts) -> list[dict]:
+    """One record per utterance: a ``segments`` row (with offset and length) or a recording."""
+    if not exists(join(d, "segments"), opts):
+        return [{"utt": utt, "uri": _abs(path, d), "line": f"{scp_path}:{line}"}
+                for utt, (path, line) in wav.items()]  # fmt: skip
+    seg_path, records = join(d, "segments"), []
+    rows = _unique_map(read_table(seg_path, 4, 4, opts), seg_path)
+    for seg, (rec, start, end, line) in rows.items():
+        if rec not in wav:
+            raise ManifestError(f"{seg_path}:{line}: recording {rec!r} not in wav.scp")
+        try:
+            t0, t1 = float(start), float(end)
+        except ValueError:
+            raise ManifestError(f"{seg_path}:{line}: start/end must be numbers") from None
+        if not 0 <= t0 < t1:
+            raise ManifestError(f"{seg_path}:{line}: need 0 <= start < end, got {t0} {t1}")
+        records.append({"utt": seg, "uri": _abs(wav[rec][0], d), "offset_s": t0,
+                        "duration_s": t1 - t0, "line": f"{seg_path}:{line}"})  # fmt: skip
+    return records
+
+
 def read_kaldi(
     data_dir: str | Path, skipped: list[tuple[str, str]] | None = None, min_seconds: float = 0.0,
     storage_options: Opts = None,
@@ -150,49 +188,16 @@ def read_kaldi(
     ``offset_s`` (see ``materialize_segments``). Piped ``wav.scp`` commands are not supported;
     relative paths in ``wav.scp`` are relative to the data dir."""
     d, opts = str(data_dir), storage_options
-
-    def table(name: str, lo: int, hi: int | None = None) -> list[list[str]]:
-        return read_table(join(d, name), lo, hi, opts)
-
     scp_path = join(d, "wav.scp")
-    wav = _unique_map(table("wav.scp", 2), scp_path)
+    wav = _unique_map(read_table(scp_path, 2, None, opts), scp_path)
     for rec, fields in wav.items():
         if len(fields) != 2 or fields[0].endswith("|") or fields[-2].endswith("|"):
             raise ManifestError(
                 f"{scp_path}:{fields[-1]}: {rec!r}: only plain paths are supported, not "
                 "piped commands (convert the audio to wav/flac first)"
             )
-    if exists(join(d, "utt2spk"), opts):
-        utt2spk = {u: f[0] for u, f in _unique_map(table("utt2spk", 2, 2),
-                                                   join(d, "utt2spk")).items()}  # fmt: skip
-    elif exists(join(d, "spk2utt"), opts):
-        utt2spk = {}
-        for row in table("spk2utt", 2):
-            for u in row[1:-1]:
-                if u in utt2spk:
-                    raise ManifestError(f"{join(d, 'spk2utt')}:{row[-1]}: utterance {u!r} "
-                                        "listed twice")
-                utt2spk[u] = row[0]
-    else:
-        raise ManifestError(f"{d}: neither utt2spk nor spk2utt found")
-
-    records = []
-    if exists(join(d, "segments"), opts):
-        seg_path = join(d, "segments")
-        for seg, (rec, start, end, line) in _unique_map(table("segments", 4, 4), seg_path).items():
-            if rec not in wav:
-                raise ManifestError(f"{seg_path}:{line}: recording {rec!r} not in wav.scp")
-            try:
-                t0, t1 = float(start), float(end)
-            except ValueError:
-                raise ManifestError(f"{seg_path}:{line}: start/end must be numbers") from None
-            if not 0 <= t0 < t1:
-                raise ManifestError(f"{seg_path}:{line}: need 0 <= start < end, got {t0} {t1}")
-            records.append({"utt": seg, "uri": _abs(wav[rec][0], d), "offset_s": t0,
-                            "duration_s": t1 - t0, "line": f"{seg_path}:{line}"})  # fmt: skip
-    else:
-        for utt, (path, line) in wav.items():
-            records.append({"utt": utt, "uri": _abs(path, d), "line": f"{scp_path}:{line}"})
+    utt2spk = _kaldi_speakers(d, opts)
+    records = _kaldi_records(d, wav, scp_path, opts)
     for r in records:
         if r["utt"] not in utt2spk:
             raise ManifestError(f"{r['line']}: utterance {r['utt']!r} has no speaker in utt2spk")

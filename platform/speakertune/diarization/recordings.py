@@ -74,6 +74,17 @@ def plot_turns(path: Path, result: Diarization, reference: list[Turn], file_id: 
     plt.close(fig)
 
 
+def _total_der(ref_turns: list[Turn], hyp: list[Turn], files: dict[str, dict[str, Any]],
+               skipped: list, collar: float, out: Path, log: Callable[[str], None]) -> Any:
+    """DER over the scored recordings, written to ``der.json`` with the per-file figures."""
+    total = diarization_error([t for t in ref_turns if t.file in files], hyp, collar)
+    report = {"files": files, "total": total.as_dict(), "collar": collar, "skipped": skipped}
+    (out / "der.json").write_text(json.dumps(report, indent=2))
+    log(f"DER {100 * total.der:.2f}% (missed {total.missed:.2f}s, false alarm "
+        f"{total.false_alarm:.2f}s, confusion {total.confusion:.2f}s, collar {collar}s)")
+    return total
+
+
 def diarize_files(
     checkpoint: str | Path, audio: Sequence[str], out_dir: str | Path, dcfg: DiarizeConfig, *,
     reference: str | Path | None = None, collar: float = COLLAR_S,
@@ -128,12 +139,6 @@ def diarize_files(
         log(f"skipped {len(skipped)} of {len(audio)} recordings (unreadable audio)")
     recordings.check_any(DiarizationError, "recording")
     write_rttm(hyp, out / "hypothesis.rttm")
-    total = None
-    if ref_turns:
-        total = diarization_error([t for t in ref_turns if t.file in files], hyp, collar)
-        report = {"files": files, "total": total.as_dict(), "collar": collar, "skipped": skipped}
-        (out / "der.json").write_text(json.dumps(report, indent=2))
-        log(f"DER {100 * total.der:.2f}% (missed {total.missed:.2f}s, false alarm "
-            f"{total.false_alarm:.2f}s, confusion {total.confusion:.2f}s, collar {collar}s)")
+    total = _total_der(ref_turns, hyp, files, skipped, collar, out, log) if ref_turns else None
     return BatchResult(out / "hypothesis.rttm", hyp, files,
                        total.as_dict() if total else None, skipped)

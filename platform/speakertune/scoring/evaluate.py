@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from speakertune.data.manifest import read_manifest
+from speakertune.data.trials import read_trials
 from speakertune.metric_keys import VAL_BACKENDS
 from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
 from speakertune.scoring.backends.base import length_norm
@@ -179,6 +181,26 @@ def _dev_embeddings(ckpt: Any, dev_df: pd.DataFrame, trial_spk: set[str], kw: di
     return x, np.array([dev_spk[u] for u in utts]), dev_emb.skipped
 
 
+def _read_inputs(manifest: Any, trials: Any, fit_manifest: Any, so: dict[str, Any] | None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame | None]:
+    """The manifest, trials and optional fit manifest, each a path or a frame already."""
+    man = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, so)
+    tri = trials if isinstance(trials, pd.DataFrame) else read_trials(trials, storage_options=so)
+    if fit_manifest is None or isinstance(fit_manifest, pd.DataFrame):
+        return man, tri, fit_manifest
+    return man, tri, read_manifest(fit_manifest, so)
+
+
+def _kept_trials(tri: pd.DataFrame, emb: dict[str, np.ndarray]) -> tuple[pd.DataFrame, int]:
+    """Trials whose two sides were embedded, and how many were dropped (counted, reported)."""
+    kept = usable_trials(tri, set(emb)).reset_index(drop=True)
+    dropped = len(tri) - len(kept)
+    if kept["label"].nunique() < 2:
+        raise EvaluationError("after skipping undecodable utterances no target/non-target mix "
+                              f"remains ({dropped} of {len(tri)} trials dropped)")
+    return kept, dropped
+
+
 def evaluate(
     checkpoint: str | Path,
     manifest: str | Path | pd.DataFrame,
@@ -205,21 +227,16 @@ def evaluate(
     ``{"plda": {"eer": 0.0407, "min_dcf_0.01": ..., "min_dcf_0.001": ...}}``.
     """
     from speakertune.checkpoint import load_checkpoint
-    from speakertune.data.manifest import read_manifest
-    from speakertune.data.trials import read_trials
     from speakertune.scoring.embed import embed_utterances
 
     ckpt = load_checkpoint(checkpoint, map_location=device)
     cfg = ckpt.cfg
     so = storage_options if storage_options is not None else cfg.get("data", {}).get("storage")
     so = so or None
-    man = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest, so)
-    tri = trials if isinstance(trials, pd.DataFrame) else read_trials(trials, storage_options=so)
+    man, tri, fit_df = _read_inputs(manifest, trials, fit_manifest, so)
     names, primary, why = _choose_backends(ckpt, backend)
     eval_df, dev_df = _split_dev(man, tri)
-    if fit_manifest is not None:
-        dev_df = (fit_manifest if isinstance(fit_manifest, pd.DataFrame)
-                  else read_manifest(fit_manifest, so))
+    dev_df = dev_df if fit_df is None else fit_df
     to_fit = [b for b in names if b not in ckpt.backends]
     need_dev = bool(to_fit) or bool(asnorm_cohort)
     trial_spk = set(eval_df["spk"].astype(str))
@@ -238,12 +255,7 @@ def evaluate(
         fitted.update(fit_backends(to_fit, x, cohort_spk, cfg))
         cohort = x if asnorm_cohort else None
     fitted = {b: fitted[b] for b in names}  # keep the requested order
-    # Trials touching an utterance that could not be embedded are dropped and counted.
-    kept = usable_trials(tri, set(emb)).reset_index(drop=True)
-    dropped = len(tri) - len(kept)
-    if kept["label"].nunique() < 2:
-        raise EvaluationError("after skipping undecodable utterances no target/non-target mix "
-                              f"remains ({dropped} of {len(tri)} trials dropped)")
+    kept, dropped = _kept_trials(tri, emb)
     scores, metrics = verify(fitted, emb, kept, cohort, asnorm_cohort, cohort_spk)
     spk_by_utt = dict(zip(eval_df["utt"].astype(str), eval_df["spk"].astype(str)))
     result = EvalResult(metrics=metrics, scores=scores, trials=kept,

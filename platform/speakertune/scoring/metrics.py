@@ -203,6 +203,36 @@ def _batched_eer(p_miss: np.ndarray, p_fa: np.ndarray) -> np.ndarray:
     return p_fa[rows, i - 1] + alpha * (p_fa[rows, i] - p_fa[rows, i - 1])
 
 
+def _resampled_errors(scores: np.ndarray, is_target: np.ndarray, groups: np.ndarray | None,
+                      n_boot: int, p_target: float | None, seed: int
+                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """EERs (and minDCFs) of ``n_boot`` resamples of trials or of whole groups, in chunks."""
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], is_target[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # end of each tie group
+    if groups is None:
+        gid, n_groups = np.arange(s.size), s.size
+    else:
+        gid = np.unique(np.asarray(groups)[order], return_inverse=True)[1].ravel()
+        n_groups = int(gid.max()) + 1
+    rng = np.random.default_rng(seed)
+    eers, dcfs = [], []
+    chunk = max(1, 4_000_000 // max(s.size, n_groups))  # bounds memory to ~100 MB per chunk
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(b, n_groups))
+        draws += np.arange(b)[:, None] * n_groups
+        counts = np.bincount(draws.ravel(), minlength=b * n_groups).reshape(b, n_groups)
+        p_miss, p_fa = _weighted_rates(counts[:, gid].astype(np.int32), t, last)
+        ok = np.isfinite(p_miss[:, -1]) & np.isfinite(p_fa[:, -1])
+        p_miss, p_fa = p_miss[ok], p_fa[ok]
+        eers.append(_batched_eer(p_miss, p_fa))
+        if p_target is not None:
+            c = min(p_target, 1.0 - p_target)
+            dcfs.append(((p_target * p_miss + (1 - p_target) * p_fa) / c).min(axis=1))
+    return eers, dcfs
+
+
 def bootstrap_ci(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -235,29 +265,7 @@ def bootstrap_ci(
     out = {"eer": eer_from_rates(*rates)[0]}
     if p_target is not None:
         out["min_dcf"] = min_dcf_from_rates(*rates, p_target)[0]
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], is_target[order]
-    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # end of each tie group
-    if groups is None:
-        gid, n_groups = np.arange(s.size), s.size
-    else:
-        gid = np.unique(np.asarray(groups)[order], return_inverse=True)[1].ravel()
-        n_groups = int(gid.max()) + 1
-    rng = np.random.default_rng(seed)
-    eers, dcfs = [], []
-    chunk = max(1, 4_000_000 // max(s.size, n_groups))  # bounds memory to ~100 MB per chunk
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        draws = rng.integers(0, n_groups, size=(b, n_groups))
-        draws += np.arange(b)[:, None] * n_groups
-        counts = np.bincount(draws.ravel(), minlength=b * n_groups).reshape(b, n_groups)
-        p_miss, p_fa = _weighted_rates(counts[:, gid].astype(np.int32), t, last)
-        ok = np.isfinite(p_miss[:, -1]) & np.isfinite(p_fa[:, -1])
-        p_miss, p_fa = p_miss[ok], p_fa[ok]
-        eers.append(_batched_eer(p_miss, p_fa))
-        if p_target is not None:
-            c = min(p_target, 1.0 - p_target)
-            dcfs.append(((p_target * p_miss + (1 - p_target) * p_fa) / c).min(axis=1))
+    eers, dcfs = _resampled_errors(scores, is_target, groups, n_boot, p_target, seed)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
     for key, values in (("eer", eers), ("min_dcf", dcfs if p_target is not None else None)):
         if values is None:

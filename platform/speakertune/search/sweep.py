@@ -215,6 +215,20 @@ def _trainable(
     )
 
 
+def _searcher(space: SearchSpace) -> Any:
+    """Optuna's TPE over the space (define-by-run), trying the ``search.cover`` points first."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = space.search
+    sampler = optuna.samplers.TPESampler(
+        seed=s["seed"], n_startup_trials=max(2, min(10, s["num_samples"] // 3))
+    )
+    metric, mode = searcher_target(s)
+    return OptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode, sampler=sampler,
+                        points_to_evaluate=cover_points(space) or None)
+
+
 def _new_tuner(
     space: SearchSpace,
     trainable: Any,
@@ -226,21 +240,15 @@ def _new_tuner(
     verbose: bool = False,
 ) -> Any:
     """A fresh ``Tuner``: TPE over the space (define-by-run), ASHA on epochs or FIFO."""
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     s = space.search
-    sampler = optuna.samplers.TPESampler(
-        seed=s["seed"], n_startup_trials=max(2, min(10, s["num_samples"] // 3))
-    )
+    searcher = _searcher(space)
     # Several objectives (search.objectives): Optuna's multi-objective TPE gets the metric
     # list, ASHA keeps its one metric and Tune itself has none (Ray's documented pattern).
-    metric, mode = searcher_target(s)
-    searcher = OptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode, sampler=sampler,
-                            points_to_evaluate=cover_points(space) or None)
-    own = {"metric": s["metric"], "mode": s["mode"]} if isinstance(metric, list) else {}
+    several = isinstance(searcher_target(s)[0], list)
+    own = {"metric": s["metric"], "mode": s["mode"]} if several else {}
     all_failed = AllFailedStop(min(s["num_samples"], max(3, concurrent)))
     asha = space.scheduler.get("asha")  # {} means FIFO
     # epochs, not Tune iterations: a resumed Train run keeps counting where it was
