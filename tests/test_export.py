@@ -44,7 +44,7 @@ def make_checkpoint(path, root, model: dict, pooling: str = "attentive_stats") -
 def run_job(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = export_command.main(list(args))
+        code = export_command.main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -148,17 +148,43 @@ def test_unsupported_model_is_one_line_naming_it(tiny_corpus, tmp_path):
     assert not (tmp_path / "ckpt" / "export" / "onnx" / "encoder.onnx").exists()
 
 
-def test_parity_exceeded_fails_and_removes_the_model(tiny_corpus, tmp_path):
+def test_parity_exceeded_fails_and_keeps_no_model(tiny_corpus, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, TDNN)
     code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--emb-tol", "1e-12")
     assert code == 1
     assert err.startswith("error: tdnn -> onnx: parity exceeded: 1 s utterance: max "
                           "|embedding difference|")
     out = tmp_path / "ckpt" / "export" / "onnx"
-    rep = json.loads((out / "parity.json").read_text())
+    assert not out.exists()  # nothing moved into place
+    rejected = out.with_name("onnx.rejected")
+    rep = json.loads((rejected / "parity.json").read_text())
     assert not rep["passed"] and rep["file"] is None and rep["failures"]
-    assert not (out / "encoder.onnx").exists()
-    assert "FAILED" in (out / "parity.md").read_text()
+    assert not (rejected / "encoder.onnx").exists()
+    assert "FAILED" in (rejected / "parity.md").read_text()
+    assert [p.name for p in out.parent.iterdir()] == ["onnx.rejected"]  # no staging left
+
+
+def test_a_failed_or_unasked_re_export_keeps_the_good_model(tiny_corpus, tmp_path):
+    """#26: re-exporting into a folder that holds a good model never deletes it: without
+    --overwrite it is refused; with --overwrite and a failing (or invalid) tolerance the old
+    model and its passing report stay exactly as they were."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, TDNN)
+    out = tmp_path / "shipped"
+    assert run_job("--checkpoint", ckpt, "--format", "onnx", "--out", out)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--out", out)
+    assert code == 2 and "already holds an export; pass --overwrite" in err
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--out", out,
+                           "--overwrite", "--emb-tol", "-1")
+    assert code == 2 and "emb_tol must be a finite number >= 0" in err
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--out", out,
+                           "--overwrite", "--emb-tol", "1e-12")
+    assert code == 1 and f"{out} left as it was" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads((out / "parity.json").read_text())["passed"]
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--out", out,
+                           "--overwrite")
+    assert code == 0, err
 
 
 def test_parity_catches_a_different_model(tiny_corpus, tmp_path):

@@ -16,9 +16,7 @@ from __future__ import annotations
 import errno
 import io
 import json
-import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from speakertune.data.storage import exists, join, read_bytes, read_text
+from speakertune.data.storage import exists, join, read_bytes, read_text, written_aside
 from speakertune.models import build_encoder
 from speakertune.ranking import RANKED_KEY, checkpoint_backend, ranked_by_config
 from speakertune.redact import redact_config
@@ -71,20 +69,15 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, so a crash never leaves half a file;
-    an OS error (disk full, permission denied) becomes a one-line ``CheckpointError``."""
-    tmp = None
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then renamed onto ``path`` (``storage.written_aside``), so a crash never
+    leaves half a file; an OS error (disk full, permission denied) becomes a one-line
+    ``CheckpointError``."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
+        with written_aside(path) as tmp:
+            write(str(tmp))
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot write checkpoint ({_os_reason(exc)})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _torch_save(obj: Any, tmp: str) -> None:
@@ -244,7 +237,12 @@ def save_val_scores(ckpt_dir: str | Path, scores: dict[str, Any], labels: Any) -
     checkpoint, so that reports plot exactly the scores behind the reported EERs."""
     arrays = {f"scores_{k}": np.asarray(v, dtype=np.float64) for k, v in scores.items()}
     path = Path(ckpt_dir) / VAL_SCORES
-    np.savez(path, labels=np.asarray(labels, dtype=np.int64), **arrays)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, labels=np.asarray(labels, dtype=np.int64), **arrays)
+
+    _atomic_write(path, write)
     return path
 
 

@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
         "shards": None,
         "shard_buffer": 256,
         "storage": {},  # e.g. {"endpoint_override": "http://127.0.0.1:8333", "region": "us-east-1"}
+        # The most of one file a whole-file read decodes (evaluation, verify/enroll/identify,
+        # banks, explain, export checks): longer files give their centred stretch, with a
+        # warning. 600 s of 16 kHz is 38 MB of samples and 60k frames: an encoder's
+        # activations stay well under a GiB. Training reads only its crop.
+        "max_decode_seconds": 600,
     },
     "preprocess": {"bandpass": None, "vad": False},
     # Where augmentation and features run. cpu: in the Ray Data tasks, per chunk of utterances;

@@ -1,10 +1,11 @@
 """Export a checkpoint's encoder to ONNX or TorchScript, with a parity check against PyTorch.
 
-    speakertune export --checkpoint runs/x/best --format onnx|torchscript [--out DIR]
+    speakertune export --checkpoint runs/x/best --format onnx|torchscript [--out DIR] [--overwrite]
 
 Writes the model, ``frontend.json`` and ``parity.json``/``parity.md`` (see
-``speakertune.export``); exits 1 when parity is exceeded (the model file is then removed),
-2 on bad input.
+``speakertune.export``), built aside and moved into place together only when parity holds;
+exits 1 when parity is exceeded (``DIR`` is left as it was, the report goes to
+``DIR.rejected/``), 2 on bad input or when ``DIR`` holds an export and ``--overwrite`` is absent.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="max |embedding difference| allowed, times max(1, max |embedding|)")
     ap.add_argument("--eer-tol", type=float, default=EER_TOL,
                     help="max |dev EER difference| allowed (absolute; 1e-4 = 0.01%%)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing export in --out (only if the new one passes)")
     return ap
 
 
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = export_checkpoint(args.checkpoint, args.format, args.out,
-                                   emb_tol=args.emb_tol, eer_tol=args.eer_tol)
+                                   emb_tol=args.emb_tol, eer_tol=args.eer_tol,
+                                   overwrite=args.overwrite)
     except ParityError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ from speakertune.data.storage import (
     list_files,
     read_text,
     resolve_uri,
+    write_text,
 )
 from speakertune.data.summary import write_summary
 from speakertune.data.trials import check_trials, read_trials, write_trials
@@ -366,7 +367,7 @@ def write_corpus(
     (out_dir / "skipped.tsv").unlink(missing_ok=True)  # never a stale list from an earlier run
     if skipped:
         lines = ["where\treason"] + [f"{w}\t{r}" for w, r in skipped]
-        (out_dir / "skipped.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text(out_dir / "skipped.tsv", "\n".join(lines) + "\n")
     manifest = out_dir / "manifest.parquet"
     write_manifest(df, manifest)
     trials_out = None

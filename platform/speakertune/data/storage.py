@@ -13,6 +13,7 @@ credentials (``s3://KEY:SECRET@bucket/...``) are refused, and error text goes th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -21,7 +22,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -204,10 +205,34 @@ def read_bytes(uri: str | Path, storage_options: dict[str, Any] | None = None) -
         raise StorageError(f"{safe_uri(uri)}: cannot read ({_one_line(exc)})") from None
 
 
+@contextlib.contextmanager
+def written_aside(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of the local file ``path`` (same suffix) to write into, renamed onto
+    ``path`` when the block ends and removed if it raises: a crash or a full disk leaves the
+    previous file intact, and no reader sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(uri: str | Path, text: str, storage_options: dict[str, Any] | None = None) -> None:
+    """``write_bytes`` of UTF-8 ``text``: atomic, local or remote."""
+    write_bytes(uri, text.encode("utf-8"), storage_options)
+
+
 def write_bytes(
     uri: str | Path, data: bytes, storage_options: dict[str, Any] | None = None
 ) -> None:
-    """Write a whole file or object (parent directories are created for local paths)."""
+    """Write a whole file or object: a reader sees the old content or the new, never part of
+    either (a local file is written aside and renamed into place; an object PUT replaces the
+    object whole). Parent directories are created for local paths."""
     fs, path = get_filesystem(uri, storage_options)
 
     def write() -> None:  # a whole-object PUT: safe to repeat
@@ -216,7 +241,9 @@ def write_bytes(
 
     try:
         if isinstance(fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with written_aside(path) as tmp:
+                tmp.write_bytes(data)
+            return
         with_retries(fs, str(uri), "write", write)
     except StorageError:  # already one line naming the uri (retries exhausted)
         raise
@@ -279,24 +306,40 @@ def append_text(uri: str, text: str) -> None:
 
 
 def copy_tree(src: str | Path, dest: str | Path,
-              storage_options: dict[str, Any] | None = None) -> Path:
+              storage_options: dict[str, Any] | None = None,
+              complete: Callable[[Path], None] | None = None) -> Path:
     """Copy the folder ``src`` (local or URI) to the local folder ``dest``: into a temporary
-    sibling first, then swapped into place, so a copy that fails leaves ``dest`` as it was."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    sibling first, completed there by ``complete(staged)`` (files added beside the copy), then
+    swapped into place, so a copy that fails leaves ``dest`` as it was."""
+    tmp = staging_dir(dest)
     try:
         fs, path = get_filesystem(src, storage_options)
         with_retries(fs, str(src), "copy", lambda: pafs.copy_files(
             path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()))
+        if complete is not None:
+            complete(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return swap_into_place(tmp, dest)
+
+
+def staging_dir(dest: str | Path) -> Path:
+    """A new empty hidden sibling of the folder ``dest`` to build it in (``swap_into_place``)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+
+
+def swap_into_place(staged: Path, dest: str | Path) -> Path:
+    """Replace the folder ``dest`` with ``staged`` (its sibling, built completely): two renames,
+    so at any moment ``dest`` is the old folder or the new one, never a mix."""
+    dest = Path(dest)
     old = dest.with_name(f".{dest.name}.replaced")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
         dest.rename(old)
-    tmp.rename(dest)
+    staged.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
 

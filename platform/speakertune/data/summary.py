@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from speakertune.data.storage import write_text, written_aside
+
 
 def corpus_stats(df: pd.DataFrame, trials: pd.DataFrame | None = None) -> dict[str, float]:
     per_spk = df.groupby("spk").size()
@@ -40,7 +42,7 @@ def write_summary(
     lines += [f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |"
               for k, v in stats.items()]  # fmt: skip
     lines += ["", "![utterance durations](durations.png)", ""]
-    (out_dir / "summary.md").write_text("\n".join(lines))
+    write_text(out_dir / "summary.md", "\n".join(lines))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.hist(df["duration_s"], bins=40, color="tab:blue")
@@ -50,7 +52,8 @@ def write_summary(
     ax2.set(xlabel="audio per speaker (min)", ylabel="speakers", title="Per speaker")
     fig.suptitle(f"{title}: {stats['speakers']} speakers, {stats['hours']:.2f} h")
     fig.tight_layout()
-    fig.savefig(out_dir / "durations.png", dpi=90)
+    with written_aside(out_dir / "durations.png") as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return out_dir / "summary.md"
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from speakertune.data.storage import write_text, written_aside
 from speakertune.diarization.der import diarization_error
 from speakertune.diarization.diarize import (
     Diarization,
@@ -70,7 +71,8 @@ def plot_turns(path: Path, result: Diarization, reference: list[Turn], file_id: 
     ax.legend(handles, [n for n in names if n != "speech"], loc="upper right", fontsize=7,
               ncol=min(len(handles), 6) or 1)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with written_aside(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -79,7 +81,7 @@ def _total_der(ref_turns: list[Turn], hyp: list[Turn], files: dict[str, dict[str
     """DER over the scored recordings, written to ``der.json`` with the per-file figures."""
     total = diarization_error([t for t in ref_turns if t.file in files], hyp, collar)
     report = {"files": files, "total": total.as_dict(), "collar": collar, "skipped": skipped}
-    (out / "der.json").write_text(json.dumps(report, indent=2))
+    write_text(out / "der.json", json.dumps(report, indent=2))
     log(f"DER {100 * total.der:.2f}% (missed {total.missed:.2f}s, false alarm "
         f"{total.false_alarm:.2f}s, confusion {total.confusion:.2f}s, collar {collar}s)")
     return total
@@ -110,7 +112,8 @@ def diarize_files(
     storage = ckpt.cfg.get("data", {}).get("storage") or None
     hyp: list[Turn] = []
     files: dict[str, dict[str, Any]] = {}
-    recordings = AudioFiles(audio, lambda uri: load_audio(uri, sr, storage))
+    recordings = AudioFiles(audio, lambda uri: load_audio(uri, sr, storage,
+                                                       max_seconds=dcfg.max_seconds, keep="first"))
     for i, uri, wave in recordings:
         file_id = Path(str(uri)).stem
         t0 = time.monotonic()
@@ -133,7 +136,8 @@ def diarize_files(
             line += f", DER {100 * scores['der']:.1f}%"
         log(f"{line} ({time.monotonic() - t0:.1f}s)")
         plot_turns(out / f"{file_id}.png", result, ref, file_id, mapping)
-        np.save(out / f"{file_id}_embeddings.npy", result.embeddings)
+        with written_aside(out / f"{file_id}_embeddings.npy") as tmp:
+            np.save(tmp, result.embeddings)
     skipped = recordings.skipped
     if skipped:
         log(f"skipped {len(skipped)} of {len(audio)} recordings (unreadable audio)")

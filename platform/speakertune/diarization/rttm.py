@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from speakertune.data.storage import write_text
+
 
 class RTTMError(ValueError):
     """An RTTM line is malformed; the message names the file and line."""
@@ -73,5 +75,5 @@ def write_rttm(turns: Iterable[Turn], path: str | Path) -> Path:
     """Write turns sorted by file and start time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_rttm(sorted(turns, key=lambda t: (t.file, t.start, t.speaker))))
+    write_text(path, format_rttm(sorted(turns, key=lambda t: (t.file, t.start, t.speaker))))
     return path

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from speakertune.checkpoint import LoadedCheckpoint, load_checkpoint
-from speakertune.data.audio import load_audio
+from speakertune.data.audio import decode_cap, load_audio
 from speakertune.data.audio_files import AudioFiles
 from speakertune.data.errors import AudioError
+from speakertune.data.storage import write_text
 from speakertune.explain.maps import (
     METHODS,
     ExplainError,
@@ -44,7 +45,8 @@ def _features_of(ckpt: LoadedCheckpoint) -> Callable[[str], torch.Tensor]:
     storage = data.get("storage") or None
     cfg = {**ckpt.cfg, "data": {**data, "sample_rate": sr}}
     return lambda uri: torch.as_tensor(
-        extract_features(load_audio(uri, sr, storage), cfg, str(uri)))[None]
+        extract_features(load_audio(uri, sr, storage, max_seconds=decode_cap(cfg)), cfg,
+                         str(uri)))[None]
 
 
 def _classifier(ckpt: LoadedCheckpoint, enroll: str | None) -> tuple[Any, Any]:
@@ -133,5 +135,5 @@ def explain_files(
                      + "; ".join(files.skipped.values()))
     files.check_any(ExplainError, "utterance")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    write_text(out / "summary.txt", "\n".join(lines) + "\n")
     return lines

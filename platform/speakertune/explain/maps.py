@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speakertune.data.storage import written_aside
+
 METHODS = ("saliency", "gradcam", "gradcampp", "fullgrad")
 Target = Callable[[torch.Tensor], torch.Tensor]  # [1, D] embedding -> scalar
 
@@ -292,7 +294,8 @@ def save_maps(maps: dict[str, np.ndarray], feats: torch.Tensor | np.ndarray, out
     spec = np.asarray(feats.detach().cpu() if torch.is_tensor(feats) else feats).squeeze(0)
     written = []
     for method, m in maps.items():
-        np.save(out / f"{stem}_{method}.npy", m)
+        with written_aside(out / f"{stem}_{method}.npy") as tmp:
+            np.save(tmp, m)
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
         top.imshow(spec.T, origin="lower", aspect="auto", cmap="magma")
         top.set(ylabel="feature bin", title=f"{title} input features".strip())
@@ -301,7 +304,8 @@ def save_maps(maps: dict[str, np.ndarray], feats: torch.Tensor | np.ndarray, out
                               aspect="auto", cmap="jet", alpha=0.5)
         bottom.set(xlabel="frame", ylabel="feature bin", title=f"{method} (normalised)")
         fig.colorbar(shown, ax=[top, bottom], shrink=0.6)
-        fig.savefig(out / f"{stem}_{method}.png", dpi=100)
+        with written_aside(out / f"{stem}_{method}.png") as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
         written += [out / f"{stem}_{method}.npy", out / f"{stem}_{method}.png"]
     return written

@@ -15,6 +15,8 @@ Example: ``export_checkpoint("runs/s/best", "onnx").report["dev"]["backends"]["c
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 import torch
 
+from speakertune.data.storage import staging_dir, swap_into_place, write_text
 from speakertune.export.frontend_spec import frontend_spec
 from speakertune.export.onnx_model import load_onnx, save_onnx
 from speakertune.export.parity import (
@@ -82,6 +85,17 @@ def _write_model(ckpt: Any, fmt: str, path: Path) -> tuple[dict[str, Any], torch
                           f"{_first_line(exc)}") from None
 
 
+def _check_target(out: Path, emb_tol: float, eer_tol: float, overwrite: bool) -> None:
+    for name, tol in (("emb_tol", emb_tol), ("eer_tol", eer_tol)):
+        if not (tol >= 0 and math.isfinite(tol)):
+            raise ExportError(f"{name} must be a finite number >= 0, got {tol}")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out}: already holds an export; pass --overwrite to replace it "
+                          "(it is replaced only if the new model passes its parity check)")
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     fmt: str,
@@ -90,30 +104,56 @@ def export_checkpoint(
     emb_tol: float = EMB_TOL,
     eer_tol: float = EER_TOL,
     lengths_s: tuple[float, ...] = LENGTHS_S,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export the encoder of ``checkpoint`` as ``fmt`` (``onnx`` | ``torchscript``) and check
-    parity with the PyTorch encoder on the checkpoint's dev set (``parity``)."""
+    parity with the PyTorch encoder on the checkpoint's dev set (``parity``).
+
+    Everything is built in a hidden sibling of ``out_dir`` and swapped into place only when
+    the check passes, model and report together; an existing export is replaced only with
+    ``overwrite``. A failed check leaves ``out_dir`` as it was and its report in
+    ``<out_dir>.rejected/`` (the model it rejected is not kept)."""
     from speakertune.checkpoint import load_checkpoint
 
     if fmt not in FORMATS:
         raise ExportError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    ckpt = load_checkpoint(checkpoint)
     out = Path(out_dir) if out_dir is not None else Path(checkpoint) / "export" / fmt
-    out.mkdir(parents=True, exist_ok=True)
+    _check_target(out, emb_tol, eer_tol, overwrite)
+    ckpt = load_checkpoint(checkpoint)
+    stage = staging_dir(out)
+    try:
+        report = _build(ckpt, str(checkpoint), fmt, stage, emb_tol, eer_tol, lengths_s)
+        if report["failures"]:
+            (stage / FORMATS[fmt].filename).unlink(missing_ok=True)
+            rejected = swap_into_place(stage, out.with_name(out.name + ".rejected"))
+            fails = report["failures"]
+            more = f" (and {len(fails) - 1} more)" if len(fails) > 1 else ""
+            raise ParityError(f"{report['model']} -> {fmt}: parity exceeded: {fails[0]}{more}; "
+                              f"{out} left as it was, report in {rejected / 'parity.md'}")
+        swap_into_place(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already unless something failed
+    names = {"model": FORMATS[fmt].filename, "frontend": "frontend.json",
+             "report_json": "parity.json", "report_md": "parity.md"}
+    return ExportResult(out, out / names["model"], report,
+                        {k: out / v for k, v in names.items()})
+
+
+def _build(ckpt: Any, checkpoint: str, fmt: str, out: Path, emb_tol: float, eer_tol: float,
+           lengths_s: tuple[float, ...]) -> dict[str, Any]:
+    """The model, ``frontend.json`` and the parity report in ``out``; the report."""
     path = out / FORMATS[fmt].filename
     info, exported = _write_model(ckpt, fmt, path)
     spec = out / "frontend.json"
-    spec.write_text(json.dumps(frontend_spec(ckpt.cfg, ckpt.feat_dim), indent=2) + "\n")
+    write_text(spec, json.dumps(frontend_spec(ckpt.cfg, ckpt.feat_dim), indent=2) + "\n")
     dev = load_dev_set(ckpt.cfg)
     lengths = check_lengths(ckpt.encoder, exported, ckpt.cfg, dev, lengths_s)
     dev_res = check_dev(ckpt.encoder, exported, dev, ckpt.cfg)
     fails = failures(lengths, dev_res, emb_tol, eer_tol)
-    if fails:
-        path.unlink(missing_ok=True)  # no model file that failed its check is left to be used
     report = {
         "passed": not fails, "failures": fails, "format": fmt,
         "model": ckpt.cfg["model"]["name"], "pooling": ckpt.cfg["pooling"]["name"],
-        "checkpoint": str(checkpoint), "file": None if fails else path.name,
+        "checkpoint": checkpoint, "file": None if fails else path.name,
         **info, "feat_dim": ckpt.feat_dim, "embed_dim": int(ckpt.cfg["embed_dim"]),
         "frontend": {"in_graph": False, "file": spec.name,
                      "name": ckpt.cfg["features"]["name"]},
@@ -121,10 +161,5 @@ def export_checkpoint(
         "tolerances": {"embedding_rel": emb_tol, "eer_abs": eer_tol},
         "lengths": lengths, "dev": dev_res,
     }
-    js, md = write_report(out, report)
-    if fails:
-        more = f" (and {len(fails) - 1} more)" if len(fails) > 1 else ""
-        raise ParityError(f"{report['model']} -> {fmt}: parity exceeded: {fails[0]}{more}; "
-                          f"model file removed, report in {md}")
-    return ExportResult(out, path, report,
-                        {"model": path, "frontend": spec, "report_json": js, "report_md": md})
+    write_report(out, report)
+    return report

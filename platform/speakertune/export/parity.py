@@ -86,7 +86,7 @@ def check_lengths(reference: torch.nn.Module, exported: torch.nn.Module, cfg: di
     Example: ``check_lengths(enc, OnnxEncoder(p), cfg, dev)[0]`` -> ``{"seconds": 1.0,
     "frames": 98, "max_abs_diff": 2.4e-06, "max_abs_embedding": 5.7}``.
     """
-    from speakertune.data.audio import load_audio
+    from speakertune.data.audio import decode_cap, load_audio
     from speakertune.frontend.pipeline import extract_features
 
     sr = int(cfg["data"]["sample_rate"])
@@ -94,7 +94,7 @@ def check_lengths(reference: torch.nn.Module, exported: torch.nn.Module, cfg: di
     for uri in dev.uris:
         if have >= need:
             break
-        parts.append(load_audio(uri, sr, dev.storage_options))
+        parts.append(load_audio(uri, sr, dev.storage_options, max_seconds=decode_cap(cfg)))
         have += len(parts[-1])
     if have < need:
         raise ParityError(f"the dev audio lasts {have / sr:.1f} s, less than the "

@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from speakertune.data.storage import write_text
+
 _PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
@@ -91,6 +93,6 @@ def _plain(x: Any) -> Any:
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     js, md = out_dir / "parity.json", out_dir / "parity.md"
-    js.write_text(json.dumps(_plain(report), indent=2) + "\n")
-    md.write_text(markdown(report))
+    write_text(js, json.dumps(_plain(report), indent=2) + "\n")
+    write_text(md, markdown(report))
     return js, md

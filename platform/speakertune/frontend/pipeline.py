@@ -103,9 +103,9 @@ class FrontEnd:
         return np.random.default_rng([self.seed, execution, zlib.crc32(utt.encode())])
 
     def load(self, uri: str) -> np.ndarray:
-        from speakertune.data.audio import load_audio
+        from speakertune.data.audio import decode_cap, load_audio
 
-        return load_audio(uri, self.sr, self.storage_options)
+        return load_audio(uri, self.sr, self.storage_options, max_seconds=decode_cap(self.cfg))
 
     def fetch(self, uri: str, length: int, rng: np.random.Generator) -> np.ndarray:
         """The swappable read: ``length`` samples of ``uri`` at a crop offset drawn from ``rng``

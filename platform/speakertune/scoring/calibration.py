@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from speakertune.data.storage import write_text
 from speakertune.scoring import metrics
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ def export_calibration(ckpt_dir: str | Path, p_target: float = P_TARGET, far: fl
                 "eer": metrics.eer(scores, labels)[0]},
     }
     path = ckpt / CALIBRATION_FILE
-    path.write_text(json.dumps(blob, indent=2))
+    write_text(path, json.dumps(blob, indent=2))
     return path
 
 

@@ -172,11 +172,11 @@ def embed_features(
 
 def _load_one(row: Any, cfg: dict[str, Any], limit: int | None,
               storage_options: dict[str, Any] | None) -> torch.Tensor:
-    from speakertune.data.audio import load_audio
+    from speakertune.data.audio import decode_cap, load_audio
     from speakertune.frontend.pipeline import extract_features
 
     sr = int(cfg.get("data", {}).get("sample_rate", 16000))
-    wave = load_audio(row.uri, sr, storage_options)
+    wave = load_audio(row.uri, sr, storage_options, max_seconds=decode_cap(cfg))
     feats = torch.as_tensor(extract_features(wave, cfg, str(row.uri)), dtype=torch.float32)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"{row.uri}: no feature frames (audio too short?)")

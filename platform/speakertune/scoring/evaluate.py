@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from speakertune.data.manifest import read_manifest
+from speakertune.data.storage import write_text
 from speakertune.data.trials import read_trials
 from speakertune.metric_keys import VAL_BACKENDS
 from speakertune.scoring.backends import ASNorm, Backend, enroll_ids, score_trials
@@ -117,7 +118,7 @@ def _split_dev(manifest: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.DataFra
 def write_scores(path: Path, trials: pd.DataFrame, scores: np.ndarray) -> None:
     lines = (f"{e} {t} {int(y)} {s:.7f}\n"
              for e, t, y, s in zip(trials["enroll"], trials["test"], trials["label"], scores))
-    path.write_text("".join(lines))
+    write_text(path, "".join(lines))
 
 
 def results_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -293,6 +294,6 @@ def _write_outputs(out: Path, result: EvalResult, emb: dict[str, np.ndarray],
         "trials_skipped": result.skipped_trials,
         "utterances_skipped": result.skipped_utts,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    (out / "results.md").write_text(results_table(result.metrics) + "\n")
+    write_text(out / "metrics.json", json.dumps(summary, indent=2))
+    write_text(out / "results.md", results_table(result.metrics) + "\n")
     result.files["metrics"] = out / "metrics.json"

@@ -14,19 +14,18 @@ both compute, and their identical results replace each other.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from speakertune.data.storage import written_aside
 from speakertune.scoring.embed import Features, load_features
 
 log = logging.getLogger(__name__)
@@ -94,18 +93,11 @@ def cached_features(
 
 def _save(path: Path, feats: Features) -> None:
     """Write ``feats`` to ``path`` atomically; a failure only costs the next reader a miss."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with written_aside(path) as tmp, open(tmp, "wb") as fh:
             torch.save({"feats": feats.feats, "skipped": feats.skipped}, fh)
-        os.replace(tmp, path)
     except OSError as exc:
         log.warning("feature cache: could not write %s (%s)", path, exc)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def clear_cache(cache_dir: str | os.PathLike) -> int:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
+from speakertune.data.storage import written_aside
 from speakertune.scoring.metrics import eer_from_rates, error_rates  # noqa: E402
 
 _TICKS = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9]
@@ -54,7 +55,8 @@ def plot_det(
     ax.grid(True, color="0.9")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with written_aside(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -103,6 +105,7 @@ def plot_tsne(
     if len(keep_spk) <= 20:
         ax.legend(fontsize=6, markerscale=0.8, loc="best", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with written_aside(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

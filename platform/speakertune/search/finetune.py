@@ -28,6 +28,7 @@ from speakertune.checkpoint import load_checkpoint
 from speakertune.config import DEFAULTS, ConfigError
 from speakertune.data import storage
 from speakertune.data.corpus import load_test_lists
+from speakertune.data.storage import write_text
 from speakertune.search.holdout import score_test_list
 from speakertune.search.leaderboard import eer_with_ci
 from speakertune.train.driver import train
@@ -178,8 +179,8 @@ def write_finetune_report(rows: list[dict[str, Any]], out_dir: str | Path) -> di
                     f"{r['best_epoch']}") if i == 0 else " | | |"
             lines.append(f"| {head} | {name} | {_pct(b)} | {_pct(a)} |")
     md, js = out / "finetune.md", out / "finetune.json"
-    md.write_text("\n".join(lines) + "\n")
-    js.write_text(json.dumps(rows, indent=2, default=str))
+    write_text(md, "\n".join(lines) + "\n")
+    write_text(js, json.dumps(rows, indent=2, default=str))
     return {"finetune_md": md, "finetune_json": js}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from speakertune.data.corpus import TestList, load_corpus, load_test_lists
+from speakertune.data.storage import write_text
 from speakertune.scoring import calibration
 from speakertune.scoring.backends import enroll_ids
 from speakertune.scoring.metrics import bootstrap_ci
@@ -114,5 +115,5 @@ def write_test_results(rows: list[dict[str, Any]], out_dir: Path, backend: str) 
                      f"{r['min_dcf']:.3f} | {int(r['trials']):,} |")
     lines += calibration.results_table(rows)
     path = Path(out_dir) / "test_results.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

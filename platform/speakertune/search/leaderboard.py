@@ -18,6 +18,7 @@ import pandas as pd
 
 from speakertune.checkpoint import load_val_scores, ranked_backend_of
 from speakertune.data import storage
+from speakertune.data.storage import write_text
 from speakertune.metric_keys import DEV_EERS, DEV_MIN_DCFS, RANKED_EER
 from speakertune.search.objectives import OBJECTIVES, metric_keys, pareto_mask
 
@@ -172,8 +173,9 @@ def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, title: str = "") ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, csv = out / "leaderboard.md", out / "leaderboard.csv"
-    md.write_text((f"# {title}\n\n" if title else "") + to_markdown(df))
-    df.to_csv(csv, index=False)
+    write_text(md, (f"# {title}\n\n" if title else "") + to_markdown(df))
+    with storage.written_aside(csv) as tmp:
+        df.to_csv(tmp, index=False)
     return {"markdown": md, "csv": csv}
 
 
@@ -242,7 +244,7 @@ def write_importances(imp: dict[str, float], reason: str, out_dir: str | Path) -
         lines += [f"| {k} | {v:.3f} |" for k, v in imp.items()]
         _bar_chart(imp, out / "importances.png")
     path = out / "importances.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -257,7 +259,8 @@ def _bar_chart(imp: dict[str, float], path: Path) -> None:
     ax.barh(names, [imp[n] for n in names], color="tab:blue")
     ax.set_xlabel("importance (fANOVA)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with storage.written_aside(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -296,7 +299,8 @@ def plot_pareto(df: pd.DataFrame, objectives: list[str], path: str | Path) -> Pa
     ax.set_title(f"Pareto front over {', '.join(objectives)}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with storage.written_aside(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -332,14 +336,16 @@ def export_best(row: pd.Series, dest: str | Path) -> Path | None:
     src = row.get("checkpoint")
     if not isinstance(src, str) or not src:
         return None
-    dest = storage.copy_tree(src, dest)
     from speakertune.redact import redact_config
+    from speakertune.scoring.calibration import export_calibration
 
     info = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}  # JSON types
     info = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in info.items()}
     info = redact_config(info)  # params and paths may carry credentials (e.g. s3://key@...)
-    (dest / "trial.json").write_text(json.dumps(info, indent=2, default=str))
-    from speakertune.scoring.calibration import export_calibration
 
-    export_calibration(dest)  # calibration.json: dev-trained LLRs and decision thresholds
+    def complete(staged: Path) -> None:  # before the swap: best/ is never without them
+        write_text(staged / "trial.json", json.dumps(info, indent=2, default=str))
+        export_calibration(staged)  # calibration.json: dev-trained LLRs and thresholds
+
+    dest = storage.copy_tree(src, dest, complete=complete)
     return dest
