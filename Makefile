@@ -52,4 +52,4 @@ lock: | $(UV)
 		--python-version 3.10 --quiet -o $(LOCK)
 
 clean:
-	rm -rf $(VENV) runs data/synth
+	rm -rf $(VENV) data/synth  # never runs/: every sweep's results and best/ live there

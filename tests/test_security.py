@@ -55,6 +55,26 @@ def test_redact_config_masks_secret_keys_at_any_depth_and_leaves_the_rest():
     assert out["note"] == "exported AWS_SECRET_ACCESS_KEY=*** before the run"
 
 
+def test_aws_key_spellings_and_percent_encoded_secrets_are_masked(monkeypatch):
+    """#26: ``SecretAccessKey``/``AccessKeyId`` (boto's JSON), ``aws_access_key_id`` (the
+    credentials file) and a secret percent-encoded into a URL or a form body."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    cfg = {"Response": {"AccessKeyId": "AKIAEXAMPLE2", "SecretAccessKey": "s3cr3t-value/x",
+                           "SessionToken": "FwoGZXIvEXAMPLE2", "Expiration": "2026-12-08"},
+           "aws_access_key_id": "AKIAEXAMPLE3", "accessKeyId": "AKIAEXAMPLE4",
+           "max_seconds": 6.0, "keyword": "ok"}  # fmt: skip
+    out = redact.redact_config(cfg)
+    assert out["Response"] == {"AccessKeyId": "***", "SecretAccessKey": "***",
+                                  "SessionToken": "***", "Expiration": "2026-12-08"}
+    assert out["aws_access_key_id"] == out["accessKeyId"] == "***"
+    assert out["max_seconds"] == 6.0 and out["keyword"] == "ok"
+    encoded = SECRET.replace("/", "%2F")
+    for text in (f"GET /b/k?X-Amz-Signature=abc&secret={encoded}",
+                 f"body: key={encoded.replace('%2F', '%2f')}&x=1",
+                 f"PUT https://h/u?s={SECRET.replace('/', '%2f')} 403"):
+        assert "EXAMPLEKEY" not in redact.redact_text(text), text
+
+
 def test_log_filter_scrubs_messages_arguments_and_tracebacks(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-only-secret-value")
     path = tmp_path / "run.log"

@@ -132,6 +132,56 @@ def test_publish_rewrites_uris_to_the_bucket(aws_env, tiny_corpus, tmp_path):
         publish_corpus(tmp_path / "c", str(tmp_path / "elsewhere"))
 
 
+def test_publish_follows_no_link_out_uploads_only_audio_and_never_overwrites(
+        aws_env, tiny_corpus, tmp_path, capsys):
+    """#26: a symlinked credentials file stays home (counted), a manifest naming a non-audio
+    file is refused before any upload, and a second publish to the same place is refused; with
+    --overwrite the new version goes beside the old files and only the manifests swap."""
+    s3 = aws_env
+    bucket = s3.make_bucket("pub2")
+    _vox_tree(tiny_corpus, tmp_path / "vox", n=4)
+    corpus = tmp_path / "c"
+    assert prepare.main(["voxceleb", str(tmp_path / "vox"), "--out", str(corpus)]) == 0
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = not-for-the-bucket\n")
+    (corpus / "creds.txt").symlink_to(secret)
+    dest = f"s3://{bucket}/c"
+
+    def keys() -> set[str]:
+        listing = s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+        return {o["Key"] for o in listing}
+
+    assert prepare.main(["publish", str(corpus), dest]) == 0
+    assert "skipped 1 symlink(s) leading out of" in capsys.readouterr().out
+    first = keys()
+    assert "c/manifest.parquet" in first and not any("creds" in k for k in first)
+    old_manifest = read_manifest(f"{dest}/manifest.parquet")
+    code = prepare.main(["publish", str(corpus), dest])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a published corpus" in err and keys() == first
+    assert prepare.main(["publish", str(corpus), dest, "--overwrite"]) == 0
+    assert " under v" in capsys.readouterr().out
+    new = read_manifest(f"{dest}/manifest.parquet")
+    assert all(u.startswith(f"{dest}/v") for u in new["uri"])
+    assert first <= keys()  # the old version's files are still there, unchanged
+    np.testing.assert_array_equal(load_audio(new["uri"].iloc[0], 16000),
+                                  load_audio(old_manifest["uri"].iloc[0], 16000))
+    # a manifest naming a file that is not audio: refused before anything is uploaded
+    df = read_manifest(corpus / "manifest.parquet")
+    bad = tmp_path / "notes.wav.txt"
+    bad.write_text("not audio")
+    df.loc[df.index[0], "uri"] = str(bad)
+    other = tmp_path / "c2"
+    other.mkdir()
+    from speakertune.data.manifest import write_manifest
+
+    write_manifest(df, other / "manifest.parquet", relative=False)
+    before = keys()
+    code = prepare.main(["publish", str(other), f"s3://{bucket}/c2"])
+    assert code == 2 and "which is not an audio file" in capsys.readouterr().err
+    assert keys() == before
+
+
 def _stream_cfg(root, **flat):
     from test_pipeline import trial_cfg
 

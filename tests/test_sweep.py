@@ -238,7 +238,8 @@ def _killed_driver(script: Path, address: str, kind: str) -> str:
     return job
 
 
-def test_groups_a_killed_driver_left_are_released(ray_local, tmp_path: Path, capsys) -> None:
+def test_groups_a_killed_driver_left_are_released(ray_local, tmp_path: Path, capsys,
+                                                   caplog) -> None:
     """A driver killed while its actor creates placement groups: Ray 2.60's GCS removes the
     job's groups, but one whose request lands just after is kept with its resources for good
     (reproduced here; a resumed multi-node sweep waited 13 min for such a group's 2 CPUs).
@@ -267,15 +268,22 @@ def test_groups_a_killed_driver_left_are_released(ray_local, tmp_path: Path, cap
                 break
         assert left, "no group outlived its killed driver in 20 tries"
         assert all(r == {"CPU": 0.01} for r in left.values()), left
-        # the sweep resumed: its ledger lists the killed driver, and a driver of an older cluster
-        (exp / ray_runtime.DRIVERS_FILE).write_text(f"{head}:{earlier}\nffff:{other}\n")
+        # the sweep resumed: its ledger lists the killed driver, a driver of an older cluster,
+        # a blank line and a torn one (#26: "HEAD:0" matched this job's and other jobs' groups)
+        older = "f" * len(head)
+        (exp / ray_runtime.DRIVERS_FILE).write_text(
+            f"{head}:{earlier}\n\n{head}:0\n{older}:{other}\n")
         reaper = ray_runtime.EarlierDriverReaper(str(exp), every_s=60.0)
         reaper.setup()
         reaper.on_step_begin(0, [])
-        assert f"released {len(left)} placement group(s)" in capsys.readouterr().out
+        out = capsys.readouterr()
+        assert f"released {len(left)} placement group(s)" in out.out
+        assert f"drivers.txt:3: ignored malformed driver line '{head}:0'" in caplog.text
         wait_for(lambda: not ray_runtime.groups_of_jobs({earlier}), 10, "the groups removed")
         assert (exp / ray_runtime.DRIVERS_FILE).read_text().split() == [
-            f"{head}:{earlier}", f"ffff:{other}", f"{head}:{me}"]  # fmt: skip
+            f"{head}:{earlier}", f"{older}:{other}", f"{head}:{me}"]  # fmt: skip
+        with pytest.raises(ValueError, match="not Ray job ids"):
+            ray_runtime.groups_of_jobs({"0"})
         table = placement_group_table()
         assert table[live.id.hex()]["state"] == "CREATED"
         assert all(table[i]["state"] == "CREATED" for i in theirs)  # not this sweep's

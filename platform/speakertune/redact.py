@@ -14,16 +14,19 @@ import os
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
 # Key names (case-insensitive, whole name) whose values are credentials.
 _SECRET_KEY = re.compile(
     r"(?:^|[_.-])(?:secret|secrets|password|passwd|pwd|token|credentials?|api[_-]?key|"
-    r"access[_-]?key|private[_-]?key|session[_-]?token|authorization|signature)$"
+    r"access[_-]?key(?:[_-]?id)?|private[_-]?key|session[_-]?token|authorization|signature)$"
     r"|^(?:secret|password|token)[_.-]",
     re.IGNORECASE,
 )
+_PCT = re.compile(r"%[0-9A-F]{2}")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")  # SecretAccessKey -> Secret_Access_Key
 # Environment variables whose values are secrets even where no key name is around them.
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
                "GOOGLE_APPLICATION_CREDENTIALS_JSON", "AZURE_STORAGE_KEY")  # fmt: skip
@@ -47,7 +50,7 @@ _known: set[str] = set()
 
 def is_secret_key(key: object) -> bool:
     """True for config keys that hold credentials (``secret_key``, ``aws_session_token``...)."""
-    return isinstance(key, str) and bool(_SECRET_KEY.search(key))
+    return isinstance(key, str) and bool(_SECRET_KEY.search(_CAMEL.sub("_", key)))
 
 
 def register_secret(*values: object) -> None:
@@ -75,6 +78,9 @@ def secrets_in(obj: Any) -> list[str]:
 def _known_values() -> list[str]:
     env = [os.environ.get(name, "") for name in _SECRET_ENV]
     vals = _known | {v for v in env if len(v) >= _MIN_KNOWN}
+    # a secret in a URL or a form body is percent-encoded ("/" -> %2F, "+" -> %2B or "+")
+    vals |= {enc(v, safe="") for v in vals for enc in (quote, quote_plus)}
+    vals |= {_PCT.sub(lambda m: m[0].lower(), v) for v in vals if "%" in v}  # %2f and %2F
     return sorted(vals, key=len, reverse=True)  # longest first: no half-masked overlaps
 
 

@@ -1,6 +1,8 @@
 """Enroll a speaker into a gallery folder from one or more recordings.
 
-    speakertune enroll NAME a.wav [b.wav ...] --model runs/<sweep>/best --gallery DIR
+    speakertune enroll NAME a.wav [b.wav ...] --model runs/<sweep>/best --gallery DIR [--replace]
+
+An enrolled NAME is replaced only with ``--replace``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("files", nargs="+", help="enrollment audio files")
     add_model_args(ap)
     ap.add_argument("--gallery", required=True, help="gallery folder (created if needed)")
+    ap.add_argument("--replace", action="store_true", help="replace an enrolled NAME")
     return ap
 
 
@@ -25,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         path = enroll(CalibratedModel.load(args.model, args.device), args.name, args.files,
-                      args.gallery)
+                      args.gallery, replace=args.replace)
     except ValueError as exc:
         return fail(exc)
     print(f"enrolled {args.name}: {len(args.files)} file(s) -> {path}")

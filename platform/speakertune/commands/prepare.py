@@ -14,7 +14,9 @@
 Roots, data dirs, CSVs and trial lists may be ``s3://`` URIs (credentials and endpoint from the
 AWS_* environment variables); the manifest's URIs then point into the bucket. Unreadable,
 empty, truncated and too-short files are skipped, counted and listed in ``OUT/skipped.tsv``
-(``--strict`` stops at the first instead).
+(``--strict`` stops at the first instead). An ``OUT`` that already holds a prepared corpus is
+refused unless ``--overwrite`` is given; each file is then replaced atomically, and a
+``trials.txt`` this run does not write is removed, never left beside a new manifest.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("root")
     for sp in (k, v, c, m, r):
         sp.add_argument("--out", required=True, help="output directory")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace a corpus already prepared in --out")
         sp.add_argument("--strict", action="store_true",
                         help="stop at the first bad file instead of skipping it")
     sh = sub.add_parser("shard", help="pack a manifest's audio into Parquet shards")
@@ -62,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish", help="upload a prepared corpus, rewriting its URIs")
     pub.add_argument("corpus_dir", metavar="DIR")
     pub.add_argument("dest", metavar="URI", help="s3://bucket/prefix")
+    pub.add_argument("--overwrite", action="store_true",
+                     help="publish a new version over a corpus already published at URI")
     for sp in (k, v, c):
         sp.add_argument("--min-seconds", type=float, default=0.5,
                         help="skip shorter utterances (default 0.5)")
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.kind in ("shard", "publish"):
             return _shard(args) if args.kind == "shard" else _publish(args)
+        _refuse_existing(Path(args.out), args.overwrite)
         skipped: list[tuple[str, str]] | None = None if args.strict else []
         df, trials = _read(args, skipped)
         manifest, trials_out = readers.write_corpus(df, trials, args.out, skipped)
@@ -107,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     if trials_out:
         print(f"{trials_out}: {len(trials)} trials ({int(trials['label'].sum())} target)")
     return 0
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    """A prepared corpus in ``out`` is replaced only when asked: a manifest of 24 utterances
+    silently becoming one of 2 is lost work."""
+    from speakertune.data.errors import ManifestError
+
+    found = [n for n in ("manifest.parquet", "trials.txt") if (out / n).exists()]
+    if found and not overwrite:
+        raise ManifestError(f"{out}: already holds a prepared corpus ({', '.join(found)}); "
+                            "pass --overwrite to replace it, or choose another --out")
 
 
 def _write_shards(df: Any, args: argparse.Namespace, skipped: list | None) -> None:
@@ -130,9 +148,13 @@ def _shard(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     from speakertune.data.publish import publish_corpus
 
-    out = publish_corpus(args.corpus_dir, args.dest)
-    print(f"{args.dest}: uploaded {out.files} files ({out.bytes / 2**20:.1f} MB); manifests "
-          f"with rewritten URIs: {', '.join(out.manifests)}")
+    out = publish_corpus(args.corpus_dir, args.dest, overwrite=args.overwrite)
+    print(f"{args.dest}: uploaded {out.files} files ({out.bytes / 2**20:.1f} MB)"
+          + (f" under {out.version}" if out.version else "")
+          + f"; manifests with rewritten URIs: {', '.join(out.manifests)}")
+    if out.skipped:
+        print(f"skipped {len(out.skipped)} symlink(s) leading out of {args.corpus_dir} "
+              f"(not uploaded): {', '.join(out.skipped[:5])}")
     return 0
 
 

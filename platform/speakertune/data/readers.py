@@ -375,6 +375,8 @@ def write_corpus(
         check_trials(trials, df["utt"])
         trials_out = out_dir / "trials.txt"
         write_trials(trials, trials_out)
+    else:  # an earlier corpus's list never stays beside this manifest
+        (out_dir / "trials.txt").unlink(missing_ok=True)
     write_summary(df, trials, out_dir, title=out_dir.name)
     return manifest, trials_out
 

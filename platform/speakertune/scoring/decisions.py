@@ -8,12 +8,17 @@ does. The calibrated LLR is compared with one of the calibration's thresholds: `
 Bayes decision at its ``p_target``) or ``far`` (the dev false-accept rate it was set at).
 
 A gallery is a folder of ``<name>.npz`` files (raw embeddings [n, D] of the enrolled files and
-the SHA-256 of the ``model.pt`` that made them, so a gallery is never scored by another model).
+the model's fingerprint: SHA-256 over ``model.pt`` and the front-end settings that shape an
+embedding, so a gallery is never scored by another model or another front end). Entries are
+written aside and renamed into place; an existing speaker is replaced only when asked; a
+corrupt entry is skipped with a warning, not fatal to the rest of the gallery.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from speakertune.data.storage import written_aside
 from speakertune.scoring.calibration import load_calibration
 
+log = logging.getLogger(__name__)
 THRESHOLDS = ("bayes", "far")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: no "alice\n", no "../x"
+# The config sections that change what embedding a file gets besides the weights.
+_FRONT_END = ("features", "frontend", "preprocess")
 
 
 class DecisionError(ValueError):
@@ -71,8 +80,7 @@ class CalibratedModel:
                                 f"{cal['backend']!r}, but the checkpoint ranked on {backend!r}")
         if backend not in ckpt.backends:
             raise DecisionError(f"{model_dir}: no fitted backend_{backend}.npz")
-        digest = hashlib.sha256((model_dir / "model.pt").read_bytes()).hexdigest()
-        return cls(ckpt, backend, cal, digest)
+        return cls(ckpt, backend, cal, fingerprint(model_dir / "model.pt", ckpt.cfg, cal))
 
     def embed(self, files: Sequence[str | Path]) -> np.ndarray:
         """Raw embeddings [n, D] of audio ``files`` (error naming a file that fails)."""
@@ -112,41 +120,66 @@ class CalibratedModel:
         return Decision(float(llr), bool(llr > thr), thr, rule)
 
 
+def fingerprint(weights: Path, cfg: dict[str, Any], cal: dict[str, Any]) -> str:
+    """SHA-256 over the weights, the front-end settings, the sample rate and the crop the
+    calibration embeds with: what decides the embedding a file gets."""
+    h = hashlib.sha256()
+    with open(weights, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    front = {k: cfg.get(k) for k in _FRONT_END}
+    front |= {"sample_rate": (cfg.get("data") or {}).get("sample_rate"),
+              "max_seconds": cal.get("max_seconds")}
+    h.update(json.dumps(front, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def _gallery_file(gallery: str | Path, name: str) -> Path:
-    if not _NAME.match(name):
-        raise DecisionError(f"speaker name {name!r}: use letters, digits, '_', '-', '.'")
+    if not _NAME.fullmatch(name):
+        raise DecisionError(f"speaker name {name!r}: use up to 128 letters, digits, '_', '-', "
+                            "'.' (starting with a letter or digit)")
     return Path(gallery) / f"{name}.npz"
 
 
 def enroll(model: CalibratedModel, name: str, files: Sequence[str | Path],
-           gallery: str | Path) -> Path:
-    """Embed ``files`` and store them as speaker ``name`` in ``gallery`` (replacing it)."""
+           gallery: str | Path, replace: bool = False) -> Path:
+    """Embed ``files`` and store them as speaker ``name`` in ``gallery``; an enrolled ``name``
+    is replaced only with ``replace``. The entry is written aside and renamed into place."""
     path = _gallery_file(gallery, name)
+    if path.exists() and not replace:
+        raise DecisionError(f"{path}: {name!r} is already enrolled; pass --replace to "
+                            "enroll again")
     if not files:
         raise DecisionError(f"enroll {name}: no audio files")
     emb = model.embed(files)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
+    with written_aside(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, emb=emb, files=np.array([str(f) for f in files]),
                  model=np.array(model.fingerprint))
     return path
 
 
 def load_gallery(model: CalibratedModel, gallery: str | Path) -> dict[str, np.ndarray]:
-    """``name -> embeddings [m, D]`` of every speaker enrolled in ``gallery`` by this model."""
-    paths = sorted(Path(gallery).glob("*.npz"))
+    """``name -> embeddings [m, D]`` of every speaker enrolled in ``gallery`` by this model;
+    an unreadable entry is skipped with a warning naming it."""
+    paths = sorted(p for p in Path(gallery).glob("*.npz") if _NAME.fullmatch(p.stem))
     if not paths:
         raise DecisionError(f"{gallery}: no enrolled speakers (run `speakertune enroll`)")
     out = {}
     for p in paths:
         try:
             with np.load(p, allow_pickle=False) as z:
-                emb, fp = z["emb"], str(z["model"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise DecisionError(f"{p}: unreadable gallery entry ({exc})") from None
+                emb, fp = np.asarray(z["emb"], dtype=np.float32), str(z["model"])
+            if emb.ndim != 2 or not len(emb) or not np.isfinite(emb).all():
+                raise ValueError(f"embeddings of shape {emb.shape}, or not finite")
+        except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError
+            log.warning("%s: skipped, unreadable gallery entry (%s)", p, str(exc)[:200])
+            continue
         if fp != model.fingerprint:
-            raise DecisionError(f"{p}: enrolled with another model; enroll again with this one")
+            raise DecisionError(f"{p}: enrolled with another model or front end; enroll "
+                                "again with this one")
         out[p.stem] = emb
+    if not out:
+        raise DecisionError(f"{gallery}: every gallery entry is unreadable")
     return out
 
 

@@ -4,7 +4,9 @@ reaping the placement groups of stopped trials, and a one-line report per finish
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -19,8 +21,11 @@ from speakertune.redact import redact_config, redact_text
 from speakertune.search.cluster import head_node
 from speakertune.train.worker import PG_METRIC
 
+log = logging.getLogger(__name__)
 LOCAL_DASHBOARD_PORT = 8265
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication (on by default)
+_JOB_ID = re.compile(r"[0-9a-f]{8}")  # Ray's JobID: 4 bytes, the tail of its groups' ids
+_LEDGER_LINE = re.compile(r"[0-9a-f]{16,64}:[0-9a-f]{8}")
 DRIVERS_FILE = "drivers.txt"  # beside Tune's state: every driver a sweep ever had, one a line
 
 
@@ -160,12 +165,26 @@ def record_driver(exp_path: str) -> set[str]:
     """Add this driver to ``<exp_path>/drivers.txt``; returns the job ids of the sweep's
     earlier drivers on this same cluster (a resumed sweep's killed predecessors)."""
     uri = storage.join(exp_path, DRIVERS_FILE)
-    lines = storage.read_text(uri).split() if storage.exists(uri) else []
+    lines = ledger_lines(storage.read_text(uri), uri) if storage.exists(uri) else []
     me = driver_identity()
-    storage.write_bytes(uri, "".join(f"{ln}\n" for ln in [*lines, me]).encode())
+    # the whole ledger rewritten in one atomic write: a crash leaves the old one, never a torn line
+    storage.write_text(uri, "".join(f"{ln}\n" for ln in [*lines, me]))
     head = me.partition(":")[0]
     earlier = (ln.partition(":") for ln in lines if ln != me)
-    return {job for h, _, job in earlier if h == head and job}
+    return {job for h, _, job in earlier if h == head}
+
+
+def ledger_lines(text: str, where: str) -> list[str]:
+    """The well-formed ``HEAD_NODE_ID:JOB_ID`` lines of a driver ledger; a blank line is
+    dropped, a malformed one (a torn write, a hand edit) dropped with a warning naming it, so
+    that no partial id can ever select another job's placement groups."""
+    good = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if _LEDGER_LINE.fullmatch(line.strip()):
+            good.append(line.strip())
+        elif line.strip():
+            log.warning("%s:%d: ignored malformed driver line %r", where, n, line[:80])
+    return good
 
 
 def groups_of_jobs(jobs: set[str]) -> dict[str, dict[str, float]]:
@@ -173,10 +192,13 @@ def groups_of_jobs(jobs: set[str]) -> dict[str, dict[str, float]]:
     still hold resources. A group's id ends with its creator job's id (Ray's ID layout)."""
     from ray.util.placement_group import placement_group_table
 
+    bad = [j for j in jobs if not _JOB_ID.fullmatch(str(j))]
+    if bad:  # a blank or partial id would match other jobs' groups
+        raise ValueError(f"not Ray job ids (8 hex digits): {sorted(map(str, bad))[:3]}")
     found: dict[str, dict[str, float]] = {}
     for pg_id, info in placement_group_table().items():
         # a blank id would match every group
-        if info.get("state") != "REMOVED" and any(job and pg_id.endswith(job) for job in jobs):
+        if info.get("state") != "REMOVED" and any(pg_id.endswith(job) for job in jobs):
             res: dict[str, float] = {}
             for bundle in info.get("bundles", {}).values():
                 for key, value in bundle.items():
