@@ -145,6 +145,25 @@ def test_errors_that_cannot_heal_are_not_retried() -> None:
         run_with_retry(broken, log=calls.append)
     assert calls == ["y"]  # failed once, no retry
 
+    def stopped() -> None:  # what an ASHA-stopped trial's Train run raises
+        calls.append("z")
+        raise RuntimeError("worker died: INTENDED_SYSTEM_EXIT (placement group removed)")
+
+    for stopping in (lambda: False, lambda: True):
+        calls.clear()
+        with pytest.raises(RuntimeError):
+            run_with_retry(stopped, log=calls.append, stopping=stopping)
+        assert calls == ["z"]  # an intended stop is never run again
+
+    def transient() -> None:
+        calls.append("t")
+        raise RuntimeError("transient")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="transient"):  # Tune stopping it: no retry either
+        run_with_retry(transient, log=calls.append, stopping=lambda: True)
+    assert calls == ["t"]
+
 
 @pytest.mark.slow
 def test_a_sweep_whose_trials_all_fail_ends_early_without_retries(ray_local,

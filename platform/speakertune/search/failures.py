@@ -32,15 +32,34 @@ def cannot_heal(exc: BaseException) -> bool:
     return False
 
 
+def tune_stopping() -> bool:
+    """True once Tune has asked this trial to stop (ASHA, a stopper, the sweep's end). Its
+    Train run then fails on purpose (the trial's worker group is released), and running it
+    again would start a worker group that nothing owns. Tune's function trainable sets its
+    session's ``stop_event`` in ``cleanup()``; Tune has no public flag for it."""
+    from ray.train._internal.session import get_session
+
+    event = getattr(get_session(), "stop_event", None)
+    return bool(event is not None and event.is_set())
+
+
+# Ray's words for a worker that was ended on purpose (its placement group removed, its actor
+# killed): not a fault that a retry heals.
+_INTENDED = ("INTENDED_SYSTEM_EXIT", "INTENDED_USER_EXIT", "placement group was removed")
+
+
 def run_with_retry(fit: Callable[[], T], log: Callable[[str], None] = print,
-                   retries: int = TRIAL_RETRIES) -> T:
-    """``fit()``, called again (up to ``retries`` times) after an error that may heal."""
+                   retries: int = TRIAL_RETRIES,
+                   stopping: Callable[[], bool] = lambda: False) -> T:
+    """``fit()``, called again (up to ``retries`` times) after an error that may heal; never
+    when the trial is being stopped (``stopping()``) or its workers were ended on purpose."""
     attempt = 0
     while True:
         try:
             return fit()
         except Exception as exc:
-            if cannot_heal(exc) or attempt >= retries:
+            intended = stopping() or any(w in str(exc) for w in _INTENDED)
+            if intended or cannot_heal(exc) or attempt >= retries:
                 raise
             attempt += 1
             log(f"trial failed ({first_line(exc)}); retry {attempt} of {retries}")

@@ -45,7 +45,7 @@ from speakertune.search.cluster import (
     cluster_concurrency,
     find_autoscaler_config,
 )
-from speakertune.search.failures import AllFailedStop, run_with_retry
+from speakertune.search.failures import AllFailedStop, run_with_retry, tune_stopping
 from speakertune.search.finetune import finetune_top
 from speakertune.search.objectives import searcher_target
 from speakertune.search.ray_runtime import (
@@ -115,7 +115,7 @@ def _trial_fn(config: dict[str, Any], *, spec: dict[str, Any]) -> None:
         max_failures=spec["max_failures"],
         metric_tags=metric_tags(ctx.get_experiment_name(), ctx.get_trial_name()),
         feature_cache=spec["feature_cache"],
-    ).fit())
+    ).fit(), stopping=tune_stopping)
 
 
 def _experiment_name(space: SearchSpace, storage: str, name: str | None, resume: bool) -> str:
