@@ -31,6 +31,10 @@ SMALL = {
     "lstm": {"hidden": 16, "proj": 8, "layers": 2},
     "attention_lstm": {"hidden": 16, "proj": 8, "layers": 1, "heads": 2},
     **{f"resnet{d}": {"base_channels": 4} for d in (10, 18, 34, 50, 101)},
+    "campplus": {"front_channels": 4, "channels": 16, "growth": 8, "bn_size": 2,
+                 "block_layers": [2, 2, 2]},
+    "eres2net": {"channels": 4, "blocks": [1, 1, 1, 1]},
+    "eres2netv2": {"channels": 4, "blocks": [1, 1, 1, 1]},
 }
 FEAT_DIM, EMBED_DIM = 20, 12
 
@@ -110,6 +114,36 @@ PUBLISHED = [
 ]
 
 
+# 3D-Speaker (modelscope/3D-Speaker, egs/voxceleb/sv-cam++ and sv-eres2net(v2) READMEs):
+# CAM++ 7.18M (512-d embedding), ERes2Net-base 6.61M, ERes2Net-large 22.4M, ERes2NetV2 17.8M
+# (192-d; V2 with m_channels 64, baseWidth 26, scale 2, expansion 2). Their heads differ from
+# ours (a bias-free 1x1 + BatchNorm without affine; a Linear without BatchNorm), so the whole
+# model is within 0.3%; the frame-level part matches exactly (below).
+PUBLISHED += [
+    ({"name": "campplus"}, "stats", 512, 7.18e6),
+    ({"name": "eres2net"}, "stats", 192, 6.61e6),
+    ({"name": "eres2net", "channels": 64}, "stats", 192, 22.4e6),
+    ({"name": "eres2netv2"}, "stats", 192, 17.8e6),
+]
+# Frame-level parameters (everything before pooling) of 3D-Speaker's own modules, counted from
+# speakerlab/models/campplus/DTDNN.py and eres2net/ERes2Net{,V2}.py at commit 09e7806 with
+# feat_dim 80: CAMPPlus 7,176,224 minus its 1024x512 dense layer; ERes2Net 6,610,688 and
+# 22,462,784, ERes2NetV2 17,859,632 minus their Linear heads (10240 or 20480 x 192 + 192).
+FRAME_LEVEL_3DSPEAKER = [
+    ({"name": "campplus"}, 6_651_936),
+    ({"name": "eres2net"}, 4_644_416),
+    ({"name": "eres2net", "channels": 64}, 18_530_432),
+    ({"name": "eres2netv2"}, 13_927_280),
+]
+
+
+@pytest.mark.parametrize("model,reference", FRAME_LEVEL_3DSPEAKER)
+def test_frame_level_parameters_equal_3dspeaker(model, reference) -> None:
+    with torch.device("meta"):
+        n = count_parameters(build_encoder(model, "stats", 80, 192).frame_level)
+    assert n == reference
+
+
 @pytest.mark.parametrize("model,pooling,embed_dim,reference", PUBLISHED)
 def test_parameter_count_matches_published(model, pooling, embed_dim, reference) -> None:
     with torch.device("meta"):  # no memory, no initialisation: counting only
@@ -167,3 +201,23 @@ def test_bad_configs_give_one_line_errors_naming_the_field() -> None:
     enc = build_encoder({"name": "tdnn", **SMALL["tdnn"]}, "stats", FEAT_DIM, EMBED_DIM)
     with pytest.raises(ValueError, match=r"features \[batch, frames, 20\], got \[2, 30, 40\]"):
         enc(torch.randn(2, 30, 40))
+
+
+def test_docstring_examples_run() -> None:
+    """The shape examples in the docstrings of encoders, poolings and losses are doctests."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    import speakertune.losses
+    import speakertune.models
+    import speakertune.pooling
+
+    ran = 0
+    for pkg in (speakertune.models, speakertune.pooling, speakertune.losses):
+        for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+            module = importlib.import_module(info.name)
+            result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+            assert result.failed == 0, info.name
+            ran += result.attempted
+    assert ran >= 6  # CAM++, ERes2Net, ERes2NetV2 at least

@@ -14,8 +14,10 @@ from speakertune import pooling as _pooling  # noqa: F401  (registers the poolin
 from speakertune.models import (  # noqa: F401  (imported to register the encoders)
     aret,
     attention_lstm,
+    campplus,
     dtdnn,
     ecapa_tdnn,
+    eres2net,
     etdnn,
     ftdnn,
     lstm,
