@@ -64,13 +64,19 @@ def ecapa_onnx(tiny_corpus, tmp_path_factory):
     return (ckpt, *run_job("--checkpoint", ckpt, "--format", "onnx"))
 
 
-@pytest.mark.parametrize("model", ["ecapa_tdnn", "tdnn", "resnet10"])
+OTHERS = {"tdnn": TDNN, "resnet10": {"name": "resnet10", "base_channels": 8},
+          "campplus": {"name": "campplus", "front_channels": 4, "channels": 16, "growth": 8,
+                       "bn_size": 2, "block_layers": [1, 1, 1]},
+          "eres2net": {"name": "eres2net", "channels": 4, "blocks": [1, 1, 1, 1]},
+          "eres2netv2": {"name": "eres2netv2", "channels": 4, "blocks": [1, 1, 1, 1]}}
+
+
+@pytest.mark.parametrize("model", ["ecapa_tdnn", *OTHERS])
 def test_onnx_export_parity(tiny_corpus, tmp_path, ecapa_onnx, model):
     if model == "ecapa_tdnn":
         ckpt, code, out, err = ecapa_onnx
     else:
-        cfg = TDNN if model == "tdnn" else {"name": "resnet10", "base_channels": 8}
-        ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, cfg)
+        ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, OTHERS[model])
         code, out, err = run_job("--checkpoint", ckpt, "--format", "onnx")
     assert code == 0, err
     out_dir = f"{ckpt}/export/onnx"

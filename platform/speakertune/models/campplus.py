@@ -114,6 +114,11 @@ class CAMPlusPlus(nn.Module):
         layers += _bn_relu(ch)
         self.tdnn = nn.Sequential(*layers)
         self.out_channels = ch
+        for m in self.tdnn.modules():  # the published init: with torch's default the 52
+            if isinstance(m, nn.Conv1d):  # dense layers' output shrinks to nearly a constant
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tdnn(self.front(to_channels_first(x)))

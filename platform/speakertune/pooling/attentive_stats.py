@@ -34,7 +34,8 @@ class AttentiveStatsPooling(nn.Module):
         if self.global_context:
             stats = mean_std(x).unsqueeze(2)
             mean, std = stats.chunk(2, dim=1)
-            t = x.shape[2]
-            h = torch.cat([x, mean.expand(-1, -1, t), std.expand(-1, -1, t)], dim=1)
+            # expand_as: the ONNX graph takes the shape from x itself (an expand to (-1, -1, t)
+            # exported after CAM++'s segment pooling failed in onnxruntime)
+            h = torch.cat([x, mean.expand_as(x), std.expand_as(x)], dim=1)
         weights = torch.softmax(self.attention(h), dim=2)
         return mean_std(x, weights)
