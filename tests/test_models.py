@@ -221,3 +221,40 @@ def test_docstring_examples_run() -> None:
             assert result.failed == 0, info.name
             ran += result.attempted
     assert ran >= 6  # CAM++, ERes2Net, ERes2NetV2 at least
+
+
+def _macs_by_hooks(enc: torch.nn.Module, frames: int) -> int:
+    """Independent count: each Conv/Linear's output size x its per-output products."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Linear):
+            total += out.numel() * m.in_features
+        else:  # Conv1d / Conv2d
+            total += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
+
+    handles = [m.register_forward_hook(hook) for m in enc.modules()
+               if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        enc.eval()(torch.zeros(1, frames, enc.feat_dim))
+    for h in handles:
+        h.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", ["tdnn", "ecapa_tdnn", "resnet18", "campplus", "eres2netv2"])
+def test_macs_equal_an_independent_count(name: str) -> None:
+    from speakertune.models import count_macs
+
+    enc = build_encoder({"name": name, **SMALL[name]}, "attentive_stats", FEAT_DIM, EMBED_DIM)
+    assert count_macs(enc, 198) == _macs_by_hooks(enc, 198)
+
+
+def test_macs_match_published_eres2netv2() -> None:
+    """3D-Speaker's ERes2NetV2.py prints 12.69 G MACs (thop, which also counts BatchNorm) for
+    features [1, 300, 80]; torch's counter takes convolutions and products only."""
+    from speakertune.models import count_macs
+
+    enc = build_encoder("eres2netv2", "stats", 80, 192)
+    assert count_macs(enc, 300) == pytest.approx(12.69e9, rel=0.02)

@@ -27,7 +27,7 @@ TRAIN = ("train_loss", "train_acc")
 RANKABLE = (*DEV, *TRAIN)
 # every key each epoch's report carries (train.worker)
 REPORTED = (
-    "epoch", *TRAIN, "lr", *DEV, "num_params", "latency_ms", "skipped_utterances",
+    "epoch", *TRAIN, "lr", *DEV, "num_params", "macs", "latency_ms", "skipped_utterances",
     "epoch_time_s", "data_wait_frac", "utterances_per_s",
 )  # fmt: skip
 # metric key -> TensorBoard tag, grouped so the TensorBoard UI shows one panel per family

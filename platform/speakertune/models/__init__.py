@@ -25,6 +25,7 @@ from speakertune.models import (  # noqa: F401  (imported to register the encode
     resnet,
     tdnn,
 )
+from speakertune.models.cost import count_macs, count_parameters
 from speakertune.registry import MODELS, POOLINGS, build_checked
 
 
@@ -75,8 +76,4 @@ def apply_constraints(module: nn.Module) -> None:
             constrain()
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-__all__ = ["SpeakerEncoder", "apply_constraints", "build_encoder", "count_parameters"]
+__all__ = ["SpeakerEncoder", "apply_constraints", "build_encoder", "count_macs", "count_parameters"]

@@ -26,7 +26,7 @@ from speakertune.search.objectives import OBJECTIVES, metric_keys, pareto_mask
 # speakers resampled), then each backend's dev EER and minDCF
 METRIC_COLUMNS = (RANKED_EER, "val_eer_low", "val_eer_high", *DEV_EERS, *DEV_MIN_DCFS)
 COLUMNS = (
-    "rank", "trial", "params", *METRIC_COLUMNS, "num_params", "latency_ms", "epochs",
+    "rank", "trial", "params", *METRIC_COLUMNS, "num_params", "macs", "latency_ms", "epochs",
     "best_epoch", "stopped_early", "status", "cpu_h", "gpu_h", "checkpoint",
 )  # fmt: skip
 
@@ -81,6 +81,7 @@ def rank_trials(
             "trial": r.trial_id,
             "params": _fmt_params(r.params),
             "num_params": None,
+            "macs": None,
             "latency_ms": math.nan,
             "epochs": epochs,
             "best_epoch": None,
@@ -96,7 +97,8 @@ def rank_trials(
         for c in METRIC_COLUMNS:
             row[c] = float(best[c]) if best is not None and c in best else math.nan
         if best is not None:
-            row["num_params"] = int(best["num_params"]) if "num_params" in best else None
+            for c in ("num_params", "macs"):
+                row[c] = int(best[c]) if c in best and not pd.isna(best[c]) else None
             row["latency_ms"] = float(best["latency_ms"]) if "latency_ms" in best else math.nan
             row["best_epoch"] = int(best["epoch"]) if "epoch" in best else None
             ckpt = best.get("checkpoint_path")
@@ -137,6 +139,8 @@ def _cell(v: Any, col: str) -> str:
         return f"{v:.3f}"
     if col == "num_params":
         return f"{int(v):,}"
+    if col == "macs":
+        return f"{v / 1e9:.2f}"
     if col == "latency_ms":
         return f"{v:.1f}"
     if col == "pareto":
@@ -156,8 +160,9 @@ def to_markdown(df: pd.DataFrame) -> str:
              if c.startswith("test_") and c.endswith("_eer")]  # reported after the sweep
     pareto = ["pareto"] if "pareto" in df.columns else []  # multi-objective sweeps only
     head = ["rank", "trial", "params", "dev EER [95% CI]", "EER cos", "EER PLDA", "minDCF cos",
-            "minDCF PLDA", "params #", "latency ms", "epochs", "best ep", "ASHA stop", "status",
-            "CPU-h", "GPU-h", *(f"test {t} EER [CI]" for t in tests), *pareto]  # fmt: skip
+            "minDCF PLDA", "params #", "GMACs 2 s", "latency ms", "epochs", "best ep",
+            "ASHA stop", "status", "CPU-h", "GPU-h",
+            *(f"test {t} EER [CI]" for t in tests), *pareto]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in df.iterrows():
         cells = [eer_with_ci(row["val_eer"], row["val_eer_low"], row["val_eer_high"])
@@ -264,7 +269,8 @@ def _bar_chart(imp: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
-AXIS_LABELS = {"num_params": "encoder parameters", "latency_ms": "latency (ms, 3 s, 1 thread)"}
+AXIS_LABELS = {"num_params": "encoder parameters", "macs": "MACs (2 s of audio)",
+               "latency_ms": "latency (ms, 3 s, 1 thread)"}
 
 
 def plot_pareto(df: pd.DataFrame, objectives: list[str], path: str | Path) -> Path | None:

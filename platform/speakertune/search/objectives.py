@@ -1,11 +1,12 @@
 """Multi-objective search: the objective names a space may list and the Pareto front.
 
-``search.objectives: [dev_eer, params]`` (or ``latency_ms``) makes Optuna search for the
+``search.objectives: [dev_eer, params]`` (or ``macs``, ``latency_ms``) makes Optuna search for the
 trade-off rather than the best EER alone. Every objective is minimised; each maps to a key the
 trainer reports every epoch:
 
 - ``dev_eer``: ``val_eer``, the dev EER of ``search.backend`` (what a sweep ranks on);
 - ``params``: ``num_params``, the encoder's trainable parameters;
+- ``macs``: ``macs``, the encoder's multiply-accumulates for 2 s of audio (``models.cost``);
 - ``latency_ms``: ``latency_ms``, the time to embed a 3 s utterance on one CPU thread
   (``scoring.latency``), measured once per trial on the trained model.
 
@@ -19,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-OBJECTIVES = {"dev_eer": "val_eer", "params": "num_params", "latency_ms": "latency_ms"}
+OBJECTIVES = {"dev_eer": "val_eer", "params": "num_params", "macs": "macs",
+              "latency_ms": "latency_ms"}
 
 
 def objective_error(value: Any) -> str | None:

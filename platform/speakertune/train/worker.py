@@ -52,7 +52,7 @@ class _Worker:
     scaler: torch.amp.GradScaler
     amp: str
     steps: int  # optimiser steps per epoch (estimate; sizes the schedule)
-    num_params: int  # of the encoder
+    cost: dict[str, int]  # num_params and macs of the encoder (models.cost)
     show: Progress | None  # rank 0 only
     model: nn.Module | None = None  # ``net`` wrapped for DDP, once resumed
     frontend: Any = None  # BatchFrontEnd when this worker augments and featurises on its device
@@ -111,8 +111,10 @@ def _build(cfg: dict[str, Any], meta: dict[str, Any]) -> _Worker:
     import ray.train
     import ray.train.torch
 
+    from speakertune.frontend.features import num_frames
     from speakertune.losses import build_loss
-    from speakertune.models import build_encoder, count_parameters
+    from speakertune.models import build_encoder
+    from speakertune.models.cost import MACS_SECONDS, encoder_cost
     from speakertune.train.optim import build_optimizer, build_scheduler
     from speakertune.train.precision import grad_scaler, resolve_amp
 
@@ -131,11 +133,11 @@ def _build(cfg: dict[str, Any], meta: dict[str, Any]) -> _Worker:
     optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
     scheduler = build_scheduler(optimizer, cfg["scheduler"], epochs=int(t["epochs"]),
                                 steps_per_epoch=steps)
-    amp = resolve_amp(t["amp"], device)
+    amp, sr = resolve_amp(t["amp"], device), int(cfg["data"]["sample_rate"])
     return _Worker(
         cfg=cfg, meta=meta, rank=rank, world=world, device=device, net=net,
         optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(amp, device), amp=amp,
-        steps=steps, num_params=count_parameters(encoder),
+        steps=steps, cost=encoder_cost(encoder, num_frames(int(MACS_SECONDS * sr), sr, cfg)),
         show=Progress(meta.get("run_dir")) if rank == 0 else None,
         frontend=_frontend(meta, device),
     )
@@ -188,8 +190,8 @@ def _load_validation_cache(w: _Worker) -> dict[str, Any]:
     if w.show:
         read = " (from the feature cache)" if hits == 2 else ""
         w.show(f"validation features cached in {time.perf_counter() - t0:.1f} s{read} "
-               f"({w.world} worker(s), {w.num_params:,} encoder parameters, "
-               f"amp={w.amp})")
+               f"({w.world} worker(s), {w.cost['num_params']:,} encoder parameters, "
+               f"{w.cost['macs'] / 1e9:.2f} GMACs per 2 s, amp={w.amp})")
     return cache
 
 
@@ -311,7 +313,7 @@ def _epoch_metrics(w: _Worker, epoch: int, stats: dict[str, Any], t0: float) -> 
         "train_acc": correct / count if count and stats["acc_seen"] else float("nan"),
         "lr": float(w.optimizer.param_groups[0]["lr"]),
         "margin_factor": margin_factor(epoch + 1, w.margin_warmup),
-        "num_params": w.num_params,
+        **w.cost,
         "skipped_utterances": stats["skipped"],
         "train_steps": stats["steps"],
         "train_utterances": int(count),
