@@ -6,6 +6,8 @@ The paper's attentive statistics pooling lives in ``speakertune.pooling.attentiv
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -92,3 +94,16 @@ class ECAPATDNN(nn.Module):
             x = block(x)
             outs.append(x)
         return self.mfa(torch.cat(outs, dim=1))
+
+
+@MODELS.register("ecapa_tdnn_c1024")
+class ECAPATDNN1024(ECAPATDNN):
+    """The paper's large size as a name a space can pick: C=1024 (MFA 1536, 14.7M parameters
+    with attentive statistics and a 192-d embedding).
+
+    >>> ECAPATDNN1024(feat_dim=80).out_channels
+    1536
+    """
+
+    def __init__(self, feat_dim: int, channels: int = 1024, **kwargs: Any) -> None:
+        super().__init__(feat_dim, channels, **kwargs)
