@@ -68,7 +68,8 @@ OTHERS = {"tdnn": TDNN, "resnet10": {"name": "resnet10", "base_channels": 8},
           "campplus": {"name": "campplus", "front_channels": 4, "channels": 16, "growth": 8,
                        "bn_size": 2, "block_layers": [1, 1, 1]},
           "eres2net": {"name": "eres2net", "channels": 4, "blocks": [1, 1, 1, 1]},
-          "eres2netv2": {"name": "eres2netv2", "channels": 4, "blocks": [1, 1, 1, 1]}}
+          "eres2netv2": {"name": "eres2netv2", "channels": 4, "blocks": [1, 1, 1, 1]},
+          "simam_resnet34": {"name": "simam_resnet34", "base_channels": 4}}
 
 
 @pytest.mark.parametrize("model", ["ecapa_tdnn", *OTHERS])

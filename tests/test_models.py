@@ -36,6 +36,8 @@ SMALL = {
                  "block_layers": [2, 2, 2]},
     "eres2net": {"channels": 4, "blocks": [1, 1, 1, 1]},
     "eres2netv2": {"channels": 4, "blocks": [1, 1, 1, 1]},
+    "simam_resnet34": {"base_channels": 4},
+    "simam_resnet100": {"base_channels": 4},
 }
 FEAT_DIM, EMBED_DIM = 20, 12
 
@@ -152,6 +154,10 @@ FRAME_LEVEL_ORIGINAL += [
     ({"name": "resnet152"}, 14_571_744),
     ({"name": "resnet221"}, 18_549_088),
     ({"name": "resnet293"}, 23_382_880),
+    # wespeaker/models/samresnet.py, SimAM_ResNet34(64) / SimAM_ResNet100(64): their
+    # published 25.2M / 50.2M add an ASP pooling and a Linear to 256 (3.94M)
+    ({"name": "simam_resnet34"}, 21_275_840),
+    ({"name": "simam_resnet100"}, 46_294_976),
 ]
 
 

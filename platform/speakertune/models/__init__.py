@@ -23,6 +23,7 @@ from speakertune.models import (  # noqa: F401  (imported to register the encode
     lstm,
     rescnn,
     resnet,
+    simam_resnet,
     tdnn,
 )
 from speakertune.models.cost import count_macs, count_parameters
