@@ -226,3 +226,42 @@ def test_diarize_job_writes_rttm_der_and_plot(trained, tmp_path):
     assert list(report["skipped"]) == [str(broken)]  # counted and reported, not dropped
     png = out_dir / "rec2.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _shared_mean_windows(seed: int = 0):
+    """Window embeddings as a trained encoder gives them: a large direction shared by every
+    speaker (what the checkpoint's cosine removes), three speakers of 40/25/15 windows, and
+    two noisy windows off the shared direction. Plus training embeddings to fit a backend."""
+    from speakertune.scoring.backends import CosineBackend
+
+    rng = np.random.default_rng(seed)
+    dim = 32
+    mean = rng.normal(size=dim)
+    mean *= 6 / np.linalg.norm(mean)
+
+    def voice():
+        v = rng.normal(size=dim)
+        return v / np.linalg.norm(v)
+
+    train = np.concatenate([mean + voice() + 0.3 * rng.normal(size=(20, dim))
+                            for _ in range(50)])  # fmt: skip
+    emb = [mean + voice() + 0.35 * rng.normal(size=(n, dim)) for n in (40, 25, 15)]
+    emb.append(0.6 * mean + rng.normal(size=(2, dim)))
+    labels = np.repeat([0, 1, 2, 0], [40, 25, 15, 2])
+    return np.concatenate(emb), labels, CosineBackend().fit(train)
+
+
+def test_windows_are_scored_by_the_checkpoints_backend_and_outliers_do_not_take_a_speaker():
+    """#27: raw cosine of windows with a shared mean direction, clustered into the oracle
+    count, put 80 of 82 windows in one cluster; the checkpoint's cosine (training mean
+    removed), scored as verification scores a pair, and small clusters absorbed into their
+    nearest speaker recover the three speakers."""
+    emb, truth, cosine = _shared_mean_windows()
+    aff = affinity_matrix(emb, cosine)
+    for i, j in ((0, 1), (0, 50), (3, 81)):  # the same number verification gives the pair
+        assert aff[i, j] == pytest.approx(float(cosine.score(emb[i:i + 1], emb[j:j + 1])[0]))
+    collapsed = cluster_ahc(affinity_matrix(emb), num_speakers=3)
+    assert np.bincount(collapsed).max() >= 0.9 * len(emb)  # the defect, reproduced
+    labels = cluster_ahc(aff, num_speakers=3, min_size=3)
+    assert sorted(np.bincount(labels)) == pytest.approx([15, 25, 42], abs=3)
+    assert adjusted_rand_score(truth, labels) > 0.7

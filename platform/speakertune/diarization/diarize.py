@@ -21,6 +21,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from speakertune.diarization.rttm import Turn
+from speakertune.scoring.backends import CosineBackend
 
 
 class DiarizationError(ValueError):
@@ -44,6 +45,9 @@ class DiarizeConfig:
     threshold: float | None = None  # stop merging below this affinity ...
     num_speakers: int | None = None  # ... or cluster into exactly this many speakers
     batch_size: int = 64
+    # A cluster with less speech than this is noise, not a speaker: its windows join the
+    # nearest larger cluster (AHC's outlier clusters otherwise take a speaker's place)
+    min_cluster_s: float = 2.0
     # A longer recording is diarized in its first max_seconds (a warning says so): 1 h of
     # 16 kHz is 230 MB of samples and 360k feature frames.
     max_seconds: float = 3600.0
@@ -151,43 +155,60 @@ def embed_windows(
 
 
 def affinity_matrix(emb: np.ndarray, backend: Any | None = None) -> np.ndarray:
-    """Symmetric [n, n] similarity: cosine, or any backend's ``score`` (e.g. PLDA LLR)."""
-    n = len(emb)
-    if backend is None:
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        aff = unit @ unit.T
-    else:  # backends score row i against row i, so score every pair in one call
-        ii, jj = np.triu_indices(n, k=1)
-        aff = np.zeros((n, n))
-        if len(ii):
-            aff[ii, jj] = np.asarray(backend.score(emb[ii], emb[jj]), dtype=float)
-        aff = aff + aff.T
-        np.fill_diagonal(aff, aff.max() if n > 1 else 0.0)
-    return (aff + aff.T) / 2
+    """Symmetric [n, n] similarity of window embeddings [n, D], scored by ``backend`` exactly
+    as verification scores a pair (its ``transform`` then ``score_matrix``: the checkpoint's
+    cosine with its training mean removed, or its PLDA LLR); ``None``: raw cosine."""
+    backend = backend if backend is not None else CosineBackend(mean_norm=False)
+    x = backend.transform(np.asarray(emb, dtype=np.float64))
+    aff = np.asarray(backend.score_matrix(x, x), dtype=float)
+    aff = (aff + aff.T) / 2
+    if len(aff) > 1:  # a window against itself says nothing; keep it the most similar pair
+        np.fill_diagonal(aff, aff.max())
+    return aff
 
 
 def cluster_ahc(
     affinity: np.ndarray, *, threshold: float | None = None, num_speakers: int | None = None,
-    method: str = "average",
+    method: str = "average", min_size: int = 1,
 ) -> np.ndarray:
-    """Agglomerative clustering of an affinity matrix; labels 0..k-1 in order of first use."""
+    """Agglomerative clustering of an affinity matrix; labels 0..k-1 in order of first use.
+
+    Clusters of fewer than ``min_size`` items (a noisy window or two that no speaker claims)
+    are not speakers: each joins the large cluster it is most similar to on average, and with
+    ``num_speakers`` the tree is cut lower until that many large clusters exist.
+    """
     n = len(affinity)
-    if n == 0:
-        return np.zeros(0, dtype=int)
-    if n == 1:
-        return np.zeros(1, dtype=int)
+    if n <= 1:
+        return np.zeros(n, dtype=int)
     # scipy clusters distances: flip the affinity so that the largest similarity is distance 0.
     top = float(affinity.max())
     dist = top - affinity
     np.fill_diagonal(dist, 0.0)
     z = linkage(squareform(dist, checks=False), method=method)
-    if num_speakers is not None:
-        raw = fcluster(z, t=min(num_speakers, n), criterion="maxclust")
-    else:
+    if num_speakers is None:
         raw = fcluster(z, t=top - float(threshold), criterion="distance")
+    else:
+        for k in range(min(num_speakers, n), n + 1):
+            raw = fcluster(z, t=k, criterion="maxclust")
+            if (np.bincount(raw) >= min_size).sum() >= min(num_speakers, n):
+                break
+    raw = _absorb_small(raw, affinity, min_size)
     _, first = np.unique(raw, return_index=True)
     order = {raw[i]: k for k, i in enumerate(sorted(first))}
     return np.array([order[r] for r in raw], dtype=int)
+
+
+def _absorb_small(labels: np.ndarray, affinity: np.ndarray, min_size: int) -> np.ndarray:
+    """Items of clusters smaller than ``min_size`` moved to the large cluster with the highest
+    mean affinity to them (unchanged when no cluster is large)."""
+    sizes = np.bincount(labels)
+    large = [c for c in np.unique(labels) if sizes[c] >= min_size]
+    if not large or len(large) == len(np.unique(labels)):
+        return labels
+    out = labels.copy()
+    for i in np.flatnonzero(sizes[labels] < min_size):
+        out[i] = max(large, key=lambda c: affinity[i, labels == c].mean())
+    return out
 
 
 def frames_to_turns(
@@ -245,16 +266,19 @@ def diarize(
     feats = extract(wave, sample_rate).float()
     cmn = bool((cfg.get("features") or {}).get("cmn", True))
     emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
-    aff = affinity_matrix(emb, backend if name != "cosine" else None)
+    aff = affinity_matrix(emb, backend if getattr(backend, "name", name) == name else None)
     labels = cluster_ahc(aff, threshold=dcfg.threshold, num_speakers=dcfg.num_speakers,
-                         method=dcfg.linkage)
+                         method=dcfg.linkage,
+                         min_size=max(1, round(dcfg.min_cluster_s / dcfg.hop_s)))
     info["clusters"] = int(labels.max()) + 1
     turns = frames_to_turns(speech, windows, labels, file_id)
     return Diarization(turns, speech, windows, labels, emb, info)
 
 
 def checkpoint_affinity(ckpt: Any, name: str | None) -> tuple[str, Any | None, str]:
-    """``(backend name, fitted backend for diarize() or None for plain cosine, why)``.
+    """``(backend name, the checkpoint's fitted backend for diarize(), why)``: verification's
+    own scoring (cosine with the training mean removed, or PLDA); None only for a checkpoint
+    without a fitted cosine (raw cosine then).
     ``name=None``: the backend the checkpoint was ranked on; cosine if that one was not saved.
 
     Example: ``checkpoint_affinity(load_checkpoint("ckpt"), None)`` ->
@@ -265,8 +289,8 @@ def checkpoint_affinity(ckpt: Any, name: str | None) -> tuple[str, Any | None, s
         name, why = ckpt.ranked_backend()
         if name != "cosine" and name not in ckpt.backends:
             return "cosine", None, f"ranked backend {name} is not saved in the checkpoint"
-    if name == "cosine":  # plain cosine of window embeddings: no training-set mean to remove
-        return "cosine", None, why
+    if name == "cosine" and name not in ckpt.backends:  # an old checkpoint: raw cosine
+        return "cosine", None, f"{why}; no fitted cosine saved, so raw cosine"
     if name not in ckpt.backends:
         raise DiarizationError(f"backend {name!r}: the checkpoint holds no fitted {name}")
     return name, ckpt.backends[name], why
