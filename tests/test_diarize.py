@@ -25,6 +25,7 @@ from speakertune.diarization.diarize import (
 )
 from speakertune.diarization.rttm import RTTMError, Turn, read_rttm, write_rttm
 from speakertune.testing import toy_speakers as ts
+from test_decisions import setup  # noqa: F401 - a tiny calibrated best/, a fixture
 
 CFG = {"features": ts.FEATS, "model": {"name": "tdnn", "channels": 64, "out_channels": 128},
        "pooling": {"name": "stats"}, "embed_dim": 32, "loss": {"name": "softmax"}}
@@ -112,8 +113,10 @@ def test_ahc_agrees_with_sklearn():
     ref_t = AgglomerativeClustering(n_clusters=None, distance_threshold=0.5,
                                     metric="precomputed", linkage="average")
     assert adjusted_rand_score(ours_t, ref_t.fit_predict(1 - aff)) == pytest.approx(1.0)
-    with pytest.raises(DiarizationError, match="exactly one of threshold and num_speakers"):
-        DiarizeConfig().validate()
+    with pytest.raises(DiarizationError, match="at most one of threshold and num_speakers"):
+        DiarizeConfig(threshold=0.5, num_speakers=2).validate()
+    with pytest.raises(DiarizationError, match=r"max_speakers \(2\) < min_speakers \(3\)"):
+        DiarizeConfig(min_speakers=3, max_speakers=2).validate()
 
 
 def test_vad_and_windows():
@@ -265,3 +268,25 @@ def test_windows_are_scored_by_the_checkpoints_backend_and_outliers_do_not_take_
     labels = cluster_ahc(aff, num_speakers=3, min_size=3)
     assert sorted(np.bincount(labels)) == pytest.approx([15, 25, 42], abs=3)
     assert adjusted_rand_score(truth, labels) > 0.7
+
+
+def test_without_a_count_the_threshold_comes_from_the_calibration(setup, tmp_path, capsys):  # noqa: F811
+    """#27 item 3: no --num-speakers or --threshold: the stopping score is where best/'s
+    calibration gives LLR 0 (-b/a); --max-speakers bounds the count; a checkpoint without a
+    calibration is one line asking for a count."""
+    utts = setup["corpus"].test["o"].utts.sort_values("utt")
+    waves = [sf.read(u)[0] for u in utts.groupby("spk")["uri"].first()]
+    sf.write(tmp_path / "meeting.wav", np.concatenate(waves * 2).astype(np.float32), 16000)
+    best = setup["best"]
+    blob = json.loads((best / "calibration.json").read_text())
+    argv = ["--checkpoint", str(best), "--audio", str(tmp_path / "meeting.wav")]
+    assert diarize_command.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = "".join(capsys.readouterr())
+    assert f"score above {-blob['b'] / blob['a']:.4g})" in err and "calibration.json" in err
+    assert diarize_command.main([*argv, "--out", str(tmp_path / "b"), "--max-speakers", "1"]) == 0
+    speakers = {t.speaker for t in read_rttm(tmp_path / "b" / "hypothesis.rttm")}
+    assert len(speakers) == 1
+    code = diarize_command.main(["--checkpoint", str(setup["ckpt"]), "--audio",
+                                 str(tmp_path / "meeting.wav"), "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no calibration" in err and "pass --num-speakers" in err

@@ -27,9 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=float, default=d.hop_s, help="window hop, seconds")
     p.add_argument("--backend", choices=["cosine", "plda"], default=None,
                    help="affinity backend (default: the one the checkpoint was ranked on)")
-    stop = p.add_mutually_exclusive_group(required=True)
+    stop = p.add_mutually_exclusive_group()
     stop.add_argument("--threshold", type=float, help="stop merging below this affinity")
-    stop.add_argument("--num-speakers", type=int, help="known number of speakers")
+    stop.add_argument("--num-speakers", type=int, help="known number of speakers (default: "
+                      "counted, stopping where the checkpoint's calibrated LLR is 0)")
+    p.add_argument("--min-speakers", type=int, default=d.min_speakers,
+                   help="bounds on a counted number of speakers")
+    p.add_argument("--max-speakers", type=int, default=d.max_speakers)
     p.add_argument("--linkage", default=d.linkage, choices=["average", "complete", "single"])
     p.add_argument("--vad-db", type=float, default=d.vad_db,
                    help="speech within N dB of loud frames")
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dcfg = DiarizeConfig(window_s=args.window, hop_s=args.hop, backend=args.backend,
                              threshold=args.threshold, num_speakers=args.num_speakers,
-                             linkage=args.linkage, vad_db=args.vad_db)
+                             linkage=args.linkage, vad_db=args.vad_db,
+                             min_speakers=args.min_speakers, max_speakers=args.max_speakers)
         result = diarize_files(args.checkpoint, args.audio, args.out, dcfg,
                                reference=args.reference, collar=args.collar)
     except (ValueError, OSError) as exc:  # project errors are ValueErrors: one line each

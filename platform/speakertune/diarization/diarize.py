@@ -44,6 +44,10 @@ class DiarizeConfig:
     linkage: str = "average"
     threshold: float | None = None  # stop merging below this affinity ...
     num_speakers: int | None = None  # ... or cluster into exactly this many speakers
+    # neither: the threshold where the checkpoint's calibrated LLR is 0 (diarize_files); the
+    # count found that way is kept within these bounds
+    min_speakers: int = 1
+    max_speakers: int | None = None
     batch_size: int = 64
     # A cluster with less speech than this is noise, not a speaker: its windows join the
     # nearest larger cluster (AHC's outlier clusters otherwise take a speaker's place)
@@ -57,10 +61,14 @@ class DiarizeConfig:
             raise DiarizationError(f"window_s/hop_s must be > 0, got {self.window_s}/{self.hop_s}")
         if self.hop_s > self.window_s:
             raise DiarizationError(f"hop_s ({self.hop_s}) must not exceed window_s")
-        if (self.threshold is None) == (self.num_speakers is None):
-            raise DiarizationError("set exactly one of threshold and num_speakers")
-        if self.num_speakers is not None and self.num_speakers < 1:
-            raise DiarizationError(f"num_speakers must be >= 1, got {self.num_speakers}")
+        if self.threshold is not None and self.num_speakers is not None:
+            raise DiarizationError("set at most one of threshold and num_speakers")
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DiarizationError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_speakers is not None and self.max_speakers < self.min_speakers:
+            raise DiarizationError(f"max_speakers ({self.max_speakers}) < min_speakers "
+                                   f"({self.min_speakers})")
         if self.backend not in (None, "cosine", "plda"):
             raise DiarizationError(f"backend must be cosine, plda or None, got {self.backend!r}")
         return self
@@ -169,13 +177,14 @@ def affinity_matrix(emb: np.ndarray, backend: Any | None = None) -> np.ndarray:
 
 def cluster_ahc(
     affinity: np.ndarray, *, threshold: float | None = None, num_speakers: int | None = None,
-    method: str = "average", min_size: int = 1,
+    method: str = "average", min_size: int = 1, bounds: tuple[int, int | None] = (1, None),
 ) -> np.ndarray:
     """Agglomerative clustering of an affinity matrix; labels 0..k-1 in order of first use.
 
     Clusters of fewer than ``min_size`` items (a noisy window or two that no speaker claims)
     are not speakers: each joins the large cluster it is most similar to on average, and with
-    ``num_speakers`` the tree is cut lower until that many large clusters exist.
+    ``num_speakers`` the tree is cut lower until that many large clusters exist. With a
+    ``threshold``, a count outside ``bounds`` (min, max or None) is clipped to them.
     """
     n = len(affinity)
     if n <= 1:
@@ -187,6 +196,11 @@ def cluster_ahc(
     z = linkage(squareform(dist, checks=False), method=method)
     if num_speakers is None:
         raw = fcluster(z, t=top - float(threshold), criterion="distance")
+        found = int((np.bincount(raw) >= min_size).sum())
+        low, high = bounds
+        target = max(found, low) if high is None else min(max(found, low), high)
+        if target != found:
+            return cluster_ahc(affinity, num_speakers=target, method=method, min_size=min_size)
     else:
         for k in range(min(num_speakers, n), n + 1):
             raw = fcluster(z, t=k, criterion="maxclust")
@@ -249,6 +263,9 @@ def diarize(
     Example: ``diarize(wave [n], 16000, enc, cfg, DiarizeConfig(num_speakers=2)).turns``.
     """
     dcfg.validate()
+    if dcfg.threshold is None and dcfg.num_speakers is None:
+        raise DiarizationError("set threshold or num_speakers (diarize_files and the diarize "
+                               "command take the threshold from the checkpoint's calibration)")
     name = dcfg.backend or (getattr(backend, "name", None) if backend is not None else "cosine")
     if name != "cosine" and backend is None:
         raise DiarizationError(f"backend {name!r} needs a fitted backend object")
@@ -268,7 +285,7 @@ def diarize(
     emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
     aff = affinity_matrix(emb, backend if getattr(backend, "name", name) == name else None)
     labels = cluster_ahc(aff, threshold=dcfg.threshold, num_speakers=dcfg.num_speakers,
-                         method=dcfg.linkage,
+                         method=dcfg.linkage, bounds=(dcfg.min_speakers, dcfg.max_speakers),
                          min_size=max(1, round(dcfg.min_cluster_s / dcfg.hop_s)))
     info["clusters"] = int(labels.max()) + 1
     turns = frames_to_turns(speech, windows, labels, file_id)

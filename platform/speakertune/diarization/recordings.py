@@ -27,6 +27,7 @@ from speakertune.diarization.diarize import (
     diarize,
 )
 from speakertune.diarization.rttm import Turn, read_rttm, write_rttm
+from speakertune.scoring.calibration import CalibrationError, load_calibration
 
 COLLAR_S = 0.25  # DER forgiveness collar around reference boundaries, seconds
 
@@ -87,6 +88,22 @@ def _total_der(ref_turns: list[Turn], hyp: list[Turn], files: dict[str, dict[str
     return total
 
 
+def calibrated_threshold(checkpoint: str | Path, backend: str) -> float:
+    """The ``backend`` score at which the checkpoint's calibration gives LLR 0 (same speaker
+    and different speakers equally likely): ``-b / a`` of its linear map. The calibration
+    was fitted on dev trials of whole utterances; 1.5 s windows score lower, so this errs
+    towards more speakers, which ``min_cluster_s`` and ``max_speakers`` bound."""
+    try:
+        cal = load_calibration(checkpoint)
+    except CalibrationError as exc:
+        raise DiarizationError(f"{exc}; pass --num-speakers or --threshold instead") from None
+    if cal["backend"] != backend:
+        raise DiarizationError(f"{checkpoint}/calibration.json calibrates {cal['backend']} "
+                               f"scores, not {backend}: pass --backend {cal['backend']}, "
+                               "--num-speakers or --threshold")
+    return -float(cal["b"]) / float(cal["a"])
+
+
 def diarize_files(
     checkpoint: str | Path, audio: Sequence[str], out_dir: str | Path, dcfg: DiarizeConfig, *,
     reference: str | Path | None = None, collar: float = COLLAR_S,
@@ -105,6 +122,10 @@ def diarize_files(
     name, backend, why = checkpoint_affinity(ckpt, dcfg.validate().backend)
     dcfg = dataclasses.replace(dcfg, backend=name)
     log(f"backend {name}: {why}")
+    if dcfg.threshold is None and dcfg.num_speakers is None:
+        dcfg = dataclasses.replace(dcfg, threshold=calibrated_threshold(checkpoint, name))
+        log(f"speaker count from {Path(checkpoint) / 'calibration.json'}: two windows are one "
+            f"speaker when their calibrated LLR is above 0 (score above {dcfg.threshold:.4g})")
     ref_turns = read_rttm(reference) if reference else []
     if reference and not ref_turns:
         raise DiarizationError(f"{reference}: no SPEAKER lines, not a reference RTTM")
