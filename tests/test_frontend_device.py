@@ -185,10 +185,10 @@ def test_crop_reads_equal_full_decode_local_s3_and_m4a(tmp_path, s3_server):
     x = (np.random.default_rng(0).standard_normal(24000) * 3000).astype(np.int16)
     for ext in ("wav", "flac"):
         sf.write(tmp_path / f"a.{ext}", x, SR, subtype="PCM_16")
-    sf.write(tmp_path / "r.wav", x, 8000)  # another rate: decoded whole and resampled
+    sf.write(tmp_path / "r.wav", x, 8000)  # another rate: its window read and resampled
     bucket = s3_server.make_bucket("crops")
     s3_server.upload_dir(tmp_path, bucket, "c")
-    uris = [str(tmp_path / n) for n in ("a.wav", "a.flac", "r.wav")]
+    uris = [str(tmp_path / n) for n in ("a.wav", "a.flac")]
     uris += [f"s3://{bucket}/c/{n}" for n in ("a.wav", "a.flac")]
     opts = s3_server.storage_options
     for uri in uris:
@@ -196,6 +196,14 @@ def test_crop_reads_equal_full_decode_local_s3_and_m4a(tmp_path, s3_server):
             got = load_audio_crop(uri, SR, length, np.random.default_rng(7), opts)
             ref = fit_length(load_audio(uri, SR, opts), length, np.random.default_rng(7))
             assert np.array_equal(got, ref), (uri, length)
+    # 8 kHz: the crop is the window of ceil(length / 2) + 1 file samples at the drawn offset,
+    # resampled; away from the window's edges it is the whole decode's audio at 2 x offset
+    full = load_audio(tmp_path / "r.wav", SR)
+    for length in (16000, 30000):
+        got = load_audio_crop(tmp_path / "r.wav", SR, length, np.random.default_rng(7))
+        offset = int(np.random.default_rng(7).integers(0, len(x) - (length // 2 + 1) + 1))
+        inner = slice(200, length - 200)  # the resampling filter's reach: ~20 file samples
+        np.testing.assert_allclose(got[inner], full[2 * offset:][inner], atol=2e-3)
     av = pytest.importorskip("av")
     from test_m4a import write_m4a
 

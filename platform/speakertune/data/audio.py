@@ -52,9 +52,12 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".m4a", ".ogg", ".mp3", ".sph")
 # Rates a header may declare. Outside them the file is refused before anything is resampled:
 # a crafted 2**31-1 Hz header would allocate hundreds of GiB, a 1 Hz one be upsampled 16,000x.
 RATE_RANGE = (4000, 192000)
-# Remote objects up to this size are fetched in one GET; larger ones are read through a
-# seekable handle (ranged GETs), so only the decoded window is ever held in memory.
+# Remote objects up to this size are fetched in one GET (a request's latency, not its bytes,
+# is what an object store charges for small files); larger ones are read through a seekable
+# handle (ranged GETs), so only the decoded window is held. A training crop reads a window of
+# a few seconds: only a small file is worth fetching whole for it.
 WHOLE_READ_BYTES = 64 << 20
+WHOLE_READ_BYTES_CROP = 1 << 20
 MAX_DECODE_SECONDS = float(DEFAULTS["data"]["max_decode_seconds"])
 
 
@@ -130,7 +133,7 @@ def _sound(source: Any, name: str, fn: Callable[[sf.SoundFile], T]) -> T:
 
 
 def _open_sound(uri: str | Path, storage_options: dict[str, Any] | None,
-                fn: Callable[[sf.SoundFile], T]) -> T:
+                fn: Callable[[sf.SoundFile], T], whole_below: int = WHOLE_READ_BYTES) -> T:
     """``fn`` on the file or object at ``uri``, read through a seekable handle (a small object:
     one GET), retried like any storage read; every failure is one ``AudioError`` line."""
     name = str(uri)
@@ -145,7 +148,7 @@ def _open_sound(uri: str | Path, storage_options: dict[str, Any] | None,
             size = os.fstat(raw.fileno()).st_size if local else raw.size()
             if size == 0:
                 raise AudioError(f"{name}: empty file (0 bytes)")
-            small = not local and size <= WHOLE_READ_BYTES
+            small = not local and size <= whole_below
             return _sound(io.BytesIO(raw.read()) if small else raw, name, fn)
 
     try:
@@ -228,7 +231,7 @@ def load_audio_crop(
             f.seek(int(rng.integers(0, f.frames - need + 1)))
             return f.read(need, dtype="float32", always_2d=True), f.samplerate
 
-        got = _open_sound(uri, storage_options, crop)
+        got = _open_sound(uri, storage_options, crop, WHOLE_READ_BYTES_CROP)
         if got is not None:
             return fit_length(_mono(*got, sample_rate, name), length)
     return fit_length(load_audio(uri, sample_rate, storage_options), length, rng)
