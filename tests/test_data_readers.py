@@ -156,6 +156,6 @@ def test_prepare_job_writes_manifest_and_trials(tmp_path, capsys):
     assert f"| hours | {hours:.2f} |" in summary and "| trials_target | 1 |" in summary
     image = plt.imread(out / "durations.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.05
-    code = prepare.main(["csv", str(tmp_path / "missing.csv"), "--out", str(out)])
+    code = prepare.main(["csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0 and "missing.csv: file not found" in err
