@@ -11,9 +11,8 @@ the ResNet34 layout, ``simam_resnet100`` blocks of 6/16/24/3.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from speakertune.models.resnet import ResNet, _shortcut
+from speakertune.models.resnet import BasicBlock, ResNet
 from speakertune.registry import MODELS
 
 
@@ -25,17 +24,8 @@ def simam(x: torch.Tensor, lam: float = 1e-4) -> torch.Tensor:
     return x * torch.sigmoid(d / (4 * (v + lam)) + 0.5)
 
 
-class SimAMBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, in_ch: int, ch: int, stride: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_ch, ch, 3, stride, 1, bias=False), nn.BatchNorm2d(ch),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch),
-        )
-        self.shortcut = _shortcut(in_ch, ch, stride)
+class SimAMBlock(BasicBlock):
+    """ResNet's basic block with SimAM on the residual branch before the sum."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(simam(self.body(x)) + self.shortcut(x))
