@@ -74,10 +74,15 @@ def _check_rate(sr: int, name: str) -> None:
                          f"{hi // 1000} kHz (corrupt or not speech audio)")
 
 
-def _window(f: sf.SoundFile, max_seconds: float | None, keep: str, name: str) -> np.ndarray:
-    """All of ``f``, or its centred (``keep="centre"``) or first ``max_seconds``: never more."""
+def _check_header(f: sf.SoundFile, name: str) -> None:
+    """What the header alone can tell: a truncated data chunk, a rate outside ``RATE_RANGE``."""
     _check_complete(f.extra_info, name)
     _check_rate(f.samplerate, name)
+
+
+def _window(f: sf.SoundFile, max_seconds: float | None, keep: str, name: str) -> np.ndarray:
+    """All of ``f``, or its centred (``keep="centre"``) or first ``max_seconds``: never more."""
+    _check_header(f, name)
     cap = -1 if max_seconds is None else max(1, int(max_seconds * f.samplerate))
     if cap > 0 and f.frames > cap:
         start = (f.frames - cap) // 2 if keep == "centre" and f.seekable() else 0
@@ -163,6 +168,14 @@ def _open_sound(uri: str | Path, storage_options: dict[str, Any] | None,
         raise AudioError(f"{name}: cannot read ({exc})") from None
 
 
+def _read_whole(uri: str | Path, storage_options: dict[str, Any] | None) -> bytes:
+    """A file's bytes for the decoders that need them all (PyAV); errors as ``AudioError``."""
+    try:
+        return read_bytes(uri, storage_options)
+    except StorageError as exc:
+        raise AudioError(str(exc)) from None
+
+
 def decode_audio(data: bytes, sample_rate: int, name: str,
                  max_seconds: float | None = MAX_DECODE_SECONDS) -> np.ndarray:
     """Decode ``data`` to float32 mono resampled to ``sample_rate``, at most its centred
@@ -194,11 +207,7 @@ def load_audio(
     ``max_seconds`` only, with a warning (m4a & co.: always the first). Raises ``AudioError``."""
     name = str(uri)
     if name.lower().endswith(AV_SUFFIXES):
-        try:
-            data = read_bytes(uri, storage_options)
-        except StorageError as exc:
-            raise AudioError(str(exc)) from None
-        return decode_audio(data, sample_rate, name, max_seconds)
+        return decode_audio(_read_whole(uri, storage_options), sample_rate, name, max_seconds)
     wave, sr = _open_sound(uri, storage_options,
                            lambda f: (_window(f, max_seconds, keep, name), f.samplerate))
     return _mono(wave, sr, sample_rate, name)
@@ -222,8 +231,7 @@ def load_audio_crop(
 
         def crop(f: sf.SoundFile) -> tuple[np.ndarray, int] | None:
             rng.bit_generator.state = state
-            _check_complete(f.extra_info, name)
-            _check_rate(f.samplerate, name)
+            _check_header(f, name)
             need = length if f.samplerate == sample_rate else \
                 -(-length * f.samplerate // sample_rate) + 1
             if f.frames < need:
@@ -252,18 +260,14 @@ def audio_info(uri: str | Path, storage_options: dict[str, Any] | None = None) -
     naming ``uri`` once."""
     name = str(uri)
     if name.lower().endswith(AV_SUFFIXES):  # header only is unreliable for AAC: decode
-        try:
-            data = read_bytes(uri, storage_options)
-        except StorageError as exc:
-            raise AudioError(str(exc)) from None
+        data = _read_whole(uri, storage_options)
         if not data:
             raise AudioError(f"{name}: empty file (0 bytes)")
         wave, sr = _decode_av(data, name)
         return wave.shape[0] / sr, sr
 
     def info(f: sf.SoundFile) -> tuple[float, int]:
-        _check_complete(f.extra_info, name)
-        _check_rate(f.samplerate, name)
+        _check_header(f, name)
         if f.frames <= 0:
             raise AudioError(f"{name}: zero-length audio (no samples)")
         return f.frames / f.samplerate, int(f.samplerate)
