@@ -125,19 +125,20 @@ def _build(cfg: dict[str, Any], meta: dict[str, Any]) -> _Worker:
     # One intra-op thread per reserved CPU: several workers share a node's cores.
     torch.set_num_threads(max(1, int(float(t["cpus_per_worker"]))))
     torch.manual_seed(int(t["seed"]))  # same initial weights everywhere (DDP also broadcasts)
-
+    sr = int(cfg["data"]["sample_rate"])
     encoder = build_encoder(cfg["model"], cfg["pooling"], meta["feat_dim"], int(cfg["embed_dim"]))
+    cost = encoder_cost(encoder, num_frames(int(MACS_SECONDS * sr), sr, cfg))  # on CPU: copies
     loss = build_loss(cfg["loss"], int(cfg["embed_dim"]), meta["num_classes"])
     net = SpeakerNet(encoder, loss).to(device)
     steps = steps_per_epoch(cfg, meta, world, bool(getattr(loss, "end_to_end", False)))
     optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
     scheduler = build_scheduler(optimizer, cfg["scheduler"], epochs=int(t["epochs"]),
                                 steps_per_epoch=steps)
-    amp, sr = resolve_amp(t["amp"], device), int(cfg["data"]["sample_rate"])
+    amp = resolve_amp(t["amp"], device)
     return _Worker(
         cfg=cfg, meta=meta, rank=rank, world=world, device=device, net=net,
         optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(amp, device), amp=amp,
-        steps=steps, cost=encoder_cost(encoder, num_frames(int(MACS_SECONDS * sr), sr, cfg)),
+        steps=steps, cost=cost,
         show=Progress(meta.get("run_dir")) if rank == 0 else None,
         frontend=_frontend(meta, device),
     )
