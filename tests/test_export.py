@@ -192,6 +192,13 @@ def test_a_failed_or_unasked_re_export_keeps_the_good_model(tiny_corpus, tmp_pat
     code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--out", out,
                            "--overwrite")
     assert code == 0, err
+    mine = tmp_path / "mine"  # a folder of the user's own: never swapped away
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, _, err = run_job("--checkpoint", ckpt, "--format", "onnx", "--out", mine,
+                           "--overwrite")
+    assert code == 2 and "holds files that are not an export" in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_parity_catches_a_different_model(tiny_corpus, tmp_path):

@@ -91,7 +91,12 @@ def _check_target(out: Path, emb_tol: float, eer_tol: float, overwrite: bool) ->
             raise ExportError(f"{name} must be a finite number >= 0, got {tol}")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "parity.json").is_file():  # the swap replaces the folder: only one of ours
+        raise ExportError(f"{out}: holds files that are not an export; choose a new or empty "
+                          "--out")
+    if not overwrite:
         raise ExportError(f"{out}: already holds an export; pass --overwrite to replace it "
                           "(it is replaced only if the new model passes its parity check)")
 
