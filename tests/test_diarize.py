@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 from speakertune.commands import diarize as diarize_command
+from speakertune.diarization.clustering import cluster_ahc
 from speakertune.diarization.der import diarization_error
 from speakertune.diarization.diarize import (
     DiarizationError,
     DiarizeConfig,
     affinity_matrix,
-    cluster_ahc,
     diarize,
     energy_vad,
     sliding_windows,
@@ -271,22 +273,37 @@ def test_windows_are_scored_by_the_checkpoints_backend_and_outliers_do_not_take_
 
 
 def test_without_a_count_the_threshold_comes_from_the_calibration(setup, tmp_path, capsys):  # noqa: F811
-    """#27 item 3: no --num-speakers or --threshold: the stopping score is where best/'s
-    calibration gives LLR 0 (-b/a); --max-speakers bounds the count; a checkpoint without a
-    calibration is one line asking for a count."""
+    """#27 item 3: no --num-speakers or --threshold: AHC stops where a window pair's LLR is 0,
+    calibrated on meetings of the checkpoint's dev speakers (window_calibration.json); where
+    they cannot be read, where calibration.json gives LLR 0 (-b/a); --max-speakers bounds the
+    count; a checkpoint without either is one line asking for a count."""
     utts = setup["corpus"].test["o"].utts.sort_values("utt")
     waves = [sf.read(u)[0] for u in utts.groupby("spk")["uri"].first()]
     sf.write(tmp_path / "meeting.wav", np.concatenate(waves * 2).astype(np.float32), 16000)
-    best = setup["best"]
-    blob = json.loads((best / "calibration.json").read_text())
-    argv = ["--checkpoint", str(best), "--audio", str(tmp_path / "meeting.wav")]
-    assert diarize_command.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    argv = ["--audio", str(tmp_path / "meeting.wav")]
+
+    def with_data(name, data):  # best/ whose config names this corpus
+        shutil.copytree(setup["best"], tmp_path / name)
+        cfg = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(cfg | {"data": data}))
+        return tmp_path / name
+
+    best = with_data("best", setup["data"])
+    assert diarize_command.main([*argv, "--checkpoint", str(best), "--out",
+                                 str(tmp_path / "a")]) == 0
+    fitted = json.loads((tmp_path / "a" / "window_calibration.json").read_text())["backends"]
     err = "".join(capsys.readouterr())
-    assert f"score above {-blob['b'] / blob['a']:.4g})" in err and "calibration.json" in err
-    assert diarize_command.main([*argv, "--out", str(tmp_path / "b"), "--max-speakers", "1"]) == 0
+    assert f"score above {fitted['cosine']['threshold']:.4g})" in err and "dev speakers" in err
+    # The same checkpoint where its corpus is not: calibration.json's LLR 0.
+    moved = with_data("moved", setup["data"] | {"root": str(tmp_path / "gone")})
+    blob = json.loads((moved / "calibration.json").read_text())
+    assert diarize_command.main([*argv, "--checkpoint", str(moved), "--out",
+                                 str(tmp_path / "b"), "--max-speakers", "1"]) == 0
+    err = "".join(capsys.readouterr())
+    assert f"score above {-blob['b'] / blob['a']:.4g})" in err and "unavailable" in err
     speakers = {t.speaker for t in read_rttm(tmp_path / "b" / "hypothesis.rttm")}
     assert len(speakers) == 1
-    code = diarize_command.main(["--checkpoint", str(setup["ckpt"]), "--audio",
-                                 str(tmp_path / "meeting.wav"), "--out", str(tmp_path / "c")])
+    (moved / "calibration.json").unlink()
+    code = diarize_command.main([*argv, "--checkpoint", str(moved), "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and "no calibration" in err and "pass --num-speakers" in err

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 import torch
+from speakertune.diarization.clustering import cluster_ahc
 from speakertune.diarization.diarize import (
     DiarizeConfig,
     affinity_matrix,
-    cluster_ahc,
     diarize,
     energy_vad,
     feature_fn,

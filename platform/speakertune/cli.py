@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from speakertune.registry import REGISTRIES, load_all
+
 # name -> one-line help; each is speakertune.commands.<name> with build_parser() and main(argv)
 COMMANDS = {
     "doctor": "check the environment (PASS/WARN/FAIL per line)",
@@ -21,7 +23,7 @@ COMMANDS = {
     "identify": "top-5 gallery speakers of a recording by calibrated LLR",
     "export": "export a checkpoint's encoder to ONNX/TorchScript, with a parity check",
 }
-KINDS = ("models", "poolings", "losses", "features", "backends")
+KINDS = tuple(REGISTRIES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "list":
-        from speakertune.registry import REGISTRIES, load_all
-
         load_all()
         print("\n".join(REGISTRIES[args.kind].names()))
         return 0

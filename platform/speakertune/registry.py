@@ -79,6 +79,7 @@ POOLINGS = Registry("pooling", "speakertune.pooling")
 LOSSES = Registry("loss", "speakertune.losses")
 FEATURES = Registry("feature", "speakertune.frontend.features")
 BACKENDS = Registry("backend", "speakertune.scoring.backends")
+CLUSTERINGS = Registry("clustering", "speakertune.diarization.clustering")
 
 REGISTRIES = {
     "models": MODELS,
@@ -86,6 +87,7 @@ REGISTRIES = {
     "losses": LOSSES,
     "features": FEATURES,
     "backends": BACKENDS,
+    "clusterings": CLUSTERINGS,
 }
 
 

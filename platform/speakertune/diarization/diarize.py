@@ -1,4 +1,5 @@
-"""Speaker diarization: VAD -> sliding-window embeddings -> affinity -> AHC -> RTTM turns.
+"""Speaker diarization: VAD -> sliding-window embeddings -> affinity -> clustering (AHC or
+spectral, ``clustering.py``) -> RTTM turns.
 
 The recording's features are computed once; each window is a slice of them, re-centred so that
 it looks like the per-utterance mean-normalised input the encoder was trained on. Windows are
@@ -10,6 +11,7 @@ is dropped even where a speech region is shorter than a window.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import squareform
 
 from speakertune.diarization.rttm import Turn
+from speakertune.registry import CLUSTERINGS
 from speakertune.scoring.backends import CosineBackend
 
 
@@ -41,11 +42,19 @@ class DiarizeConfig:
     # ranked on (see diarize_checkpoint); diarize() alone reads None as "the backend object
     # passed, else cosine".
     backend: str | None = None
-    linkage: str = "average"
-    threshold: float | None = None  # stop merging below this affinity ...
+    method: str = "ahc"  # or "spectral" (clustering.py)
+    linkage: str = "average"  # ahc's
+    # spectral: links per window in the k-NN graph; 0: chosen on dev meetings by diarize_files
+    # (window_calibration.py), else clustering.NEIGHBOURS
+    neighbours: int = 0
+    reassign: int = 3  # passes moving windows to the cluster most similar on average (#27)
+    # Subtract the recording's mean window embedding before scoring (#27: by measurement)
+    centre: bool = False
+    # ahc: stop merging below this affinity; spectral: merge the eigengap's clusters above it
+    threshold: float | None = None
     num_speakers: int | None = None  # ... or cluster into exactly this many speakers
-    # neither: the threshold where the checkpoint's calibrated LLR is 0 (diarize_files); the
-    # count found that way is kept within these bounds
+    # neither: ahc stops where the checkpoint's calibrated LLR is 0 (diarize_files), spectral
+    # counts by the eigengap; the count found is kept within these bounds
     min_speakers: int = 1
     max_speakers: int | None = None
     batch_size: int = 64
@@ -69,6 +78,9 @@ class DiarizeConfig:
         if self.max_speakers is not None and self.max_speakers < self.min_speakers:
             raise DiarizationError(f"max_speakers ({self.max_speakers}) < min_speakers "
                                    f"({self.min_speakers})")
+        if self.method not in CLUSTERINGS:
+            raise DiarizationError(f"method must be one of {', '.join(CLUSTERINGS.names())}, "
+                                   f"got {self.method!r}")
         if self.backend not in (None, "cosine", "plda"):
             raise DiarizationError(f"backend must be cosine, plda or None, got {self.backend!r}")
         return self
@@ -175,56 +187,6 @@ def affinity_matrix(emb: np.ndarray, backend: Any | None = None) -> np.ndarray:
     return aff
 
 
-def cluster_ahc(
-    affinity: np.ndarray, *, threshold: float | None = None, num_speakers: int | None = None,
-    method: str = "average", min_size: int = 1, bounds: tuple[int, int | None] = (1, None),
-) -> np.ndarray:
-    """Agglomerative clustering of an affinity matrix; labels 0..k-1 in order of first use.
-
-    Clusters of fewer than ``min_size`` items (a noisy window or two that no speaker claims)
-    are not speakers: each joins the large cluster it is most similar to on average, and with
-    ``num_speakers`` the tree is cut lower until that many large clusters exist. With a
-    ``threshold``, a count outside ``bounds`` (min, max or None) is clipped to them.
-    """
-    n = len(affinity)
-    if n <= 1:
-        return np.zeros(n, dtype=int)
-    # scipy clusters distances: flip the affinity so that the largest similarity is distance 0.
-    top = float(affinity.max())
-    dist = top - affinity
-    np.fill_diagonal(dist, 0.0)
-    z = linkage(squareform(dist, checks=False), method=method)
-    if num_speakers is None:
-        raw = fcluster(z, t=top - float(threshold), criterion="distance")
-        found = int((np.bincount(raw) >= min_size).sum())
-        low, high = bounds
-        target = max(found, low) if high is None else min(max(found, low), high)
-        if target != found:
-            return cluster_ahc(affinity, num_speakers=target, method=method, min_size=min_size)
-    else:
-        for k in range(min(num_speakers, n), n + 1):
-            raw = fcluster(z, t=k, criterion="maxclust")
-            if (np.bincount(raw) >= min_size).sum() >= min(num_speakers, n):
-                break
-    raw = _absorb_small(raw, affinity, min_size)
-    _, first = np.unique(raw, return_index=True)
-    order = {raw[i]: k for k, i in enumerate(sorted(first))}
-    return np.array([order[r] for r in raw], dtype=int)
-
-
-def _absorb_small(labels: np.ndarray, affinity: np.ndarray, min_size: int) -> np.ndarray:
-    """Items of clusters smaller than ``min_size`` moved to the large cluster with the highest
-    mean affinity to them (unchanged when no cluster is large)."""
-    sizes = np.bincount(labels)
-    large = [c for c in np.unique(labels) if sizes[c] >= min_size]
-    if not large or len(large) == len(np.unique(labels)):
-        return labels
-    out = labels.copy()
-    for i in np.flatnonzero(sizes[labels] < min_size):
-        out[i] = max(large, key=lambda c: affinity[i, labels == c].mean())
-    return out
-
-
 def frames_to_turns(
     speech: list[tuple[float, float]], windows: np.ndarray, labels: np.ndarray, file_id: str,
     step: float = 0.01,
@@ -252,6 +214,57 @@ def frames_to_turns(
     return turns
 
 
+def embed_recording(
+    wave: np.ndarray, sample_rate: int, encoder: torch.nn.Module, cfg: dict[str, Any],
+    dcfg: DiarizeConfig, file_id: str = "rec",
+) -> Diarization:
+    """VAD, windows and window embeddings of one recording: a ``Diarization`` without labels
+    or turns yet (``label_windows`` adds them).
+
+    Example: ``embed_recording(wave [n], 16000, enc, cfg, DiarizeConfig()).embeddings`` ->
+    ndarray [windows, D].
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1 or len(wave) == 0:
+        raise DiarizationError(f"{file_id}: expected a non-empty mono waveform, got {wave.shape}")
+    speech = energy_vad(wave, sample_rate, rel_db=dcfg.vad_db, min_speech_s=dcfg.min_speech_s,
+                        min_gap_s=dcfg.min_gap_s)
+    windows = sliding_windows(speech, dcfg.window_s, dcfg.hop_s, dcfg.min_window_s)
+    info: dict[str, Any] = {"speech_s": float(sum(e - s for s, e in speech)),
+                            "windows": len(windows), "file": file_id}
+    if len(windows) == 0:
+        return Diarization([], speech, windows, np.zeros(0, int), np.zeros((0, 0)), info)
+    extract, shift = feature_fn(cfg)
+    feats = extract(wave, sample_rate).float()
+    cmn = bool((cfg.get("features") or {}).get("cmn", True))
+    emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
+    return Diarization([], speech, windows, np.zeros(len(windows), int), emb, info)
+
+
+def label_windows(
+    embedded: Diarization, dcfg: DiarizeConfig, backend: Any | None = None,
+) -> Diarization:
+    """Score the windows' embeddings pairwise with ``backend`` (None: raw cosine), cluster
+    them by ``dcfg.method`` and turn the labels into RTTM turns.
+
+    Example: ``label_windows(embed_recording(...), DiarizeConfig(method="spectral")).turns``.
+    """
+    info = embedded.info | {"method": dcfg.method}
+    emb = embedded.embeddings
+    if len(emb) == 0:
+        return dataclasses.replace(embedded, info=info | {"clusters": 0})
+    scored = emb - emb.mean(axis=0, keepdims=True) if dcfg.centre else emb
+    labels = CLUSTERINGS.get(dcfg.method)(
+        affinity_matrix(scored, backend), threshold=dcfg.threshold,
+        num_speakers=dcfg.num_speakers, linkage_method=dcfg.linkage, neighbours=dcfg.neighbours,
+        reassign=dcfg.reassign,
+        bounds=(dcfg.min_speakers, dcfg.max_speakers),
+        min_size=max(1, round(dcfg.min_cluster_s / dcfg.hop_s)))
+    turns = frames_to_turns(embedded.speech, embedded.windows, labels, info["file"])
+    return dataclasses.replace(embedded, turns=turns, labels=labels,
+                               info=info | {"clusters": int(labels.max()) + 1})
+
+
 def diarize(
     wave: np.ndarray, sample_rate: int, encoder: torch.nn.Module, cfg: dict[str, Any],
     dcfg: DiarizeConfig, *, file_id: str = "rec", backend: Any | None = None,
@@ -263,33 +276,18 @@ def diarize(
     Example: ``diarize(wave [n], 16000, enc, cfg, DiarizeConfig(num_speakers=2)).turns``.
     """
     dcfg.validate()
-    if dcfg.threshold is None and dcfg.num_speakers is None:
-        raise DiarizationError("set threshold or num_speakers (diarize_files and the diarize "
-                               "command take the threshold from the checkpoint's calibration)")
+    if dcfg.method == "ahc" and dcfg.threshold is None and dcfg.num_speakers is None:
+        raise DiarizationError("ahc needs threshold or num_speakers (diarize_files and the "
+                               "diarize command take the threshold from the checkpoint's "
+                               "calibration)")
     name = dcfg.backend or (getattr(backend, "name", None) if backend is not None else "cosine")
     if name != "cosine" and backend is None:
         raise DiarizationError(f"backend {name!r} needs a fitted backend object")
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim != 1 or len(wave) == 0:
-        raise DiarizationError(f"{file_id}: expected a non-empty mono waveform, got {wave.shape}")
-    speech = energy_vad(wave, sample_rate, rel_db=dcfg.vad_db, min_speech_s=dcfg.min_speech_s,
-                        min_gap_s=dcfg.min_gap_s)
-    windows = sliding_windows(speech, dcfg.window_s, dcfg.hop_s, dcfg.min_window_s)
-    info: dict[str, Any] = {"speech_s": float(sum(e - s for s, e in speech)),
-                            "windows": len(windows), "backend": name}
-    if len(windows) == 0:
-        return Diarization([], speech, windows, np.zeros(0, int), np.zeros((0, 0)), info)
-    extract, shift = feature_fn(cfg)
-    feats = extract(wave, sample_rate).float()
-    cmn = bool((cfg.get("features") or {}).get("cmn", True))
-    emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
-    aff = affinity_matrix(emb, backend if getattr(backend, "name", name) == name else None)
-    labels = cluster_ahc(aff, threshold=dcfg.threshold, num_speakers=dcfg.num_speakers,
-                         method=dcfg.linkage, bounds=(dcfg.min_speakers, dcfg.max_speakers),
-                         min_size=max(1, round(dcfg.min_cluster_s / dcfg.hop_s)))
-    info["clusters"] = int(labels.max()) + 1
-    turns = frames_to_turns(speech, windows, labels, file_id)
-    return Diarization(turns, speech, windows, labels, emb, info)
+    embedded = embed_recording(wave, sample_rate, encoder, cfg, dcfg, file_id)
+    out = label_windows(embedded, dcfg,
+                        backend if getattr(backend, "name", name) == name else None)
+    out.info["backend"] = name
+    return out
 
 
 def checkpoint_affinity(ckpt: Any, name: str | None) -> tuple[str, Any | None, str]:

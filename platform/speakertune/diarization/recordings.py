@@ -17,7 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from speakertune.checkpoint import load_checkpoint, load_val_scores
+from speakertune.data.audio import load_audio
+from speakertune.data.audio_files import AudioFiles
 from speakertune.data.storage import write_text, written_aside
+from speakertune.diarization.clustering import NEIGHBOURS
 from speakertune.diarization.der import diarization_error
 from speakertune.diarization.diarize import (
     Diarization,
@@ -27,7 +31,13 @@ from speakertune.diarization.diarize import (
     diarize,
 )
 from speakertune.diarization.rttm import Turn, read_rttm, write_rttm
-from speakertune.scoring.calibration import CalibrationError, load_calibration
+from speakertune.diarization.window_calibration import (
+    WINDOW_CALIBRATION,
+    dev_speakers,
+    fit_window_calibration,
+    write_window_calibration,
+)
+from speakertune.scoring.calibration import CalibrationError, fit_linear, load_calibration
 
 COLLAR_S = 0.25  # DER forgiveness collar around reference boundaries, seconds
 
@@ -36,7 +46,7 @@ COLLAR_S = 0.25  # DER forgiveness collar around reference boundaries, seconds
 class BatchResult:
     rttm: Path  # hypothesis.rttm, all recordings
     turns: list[Turn]
-    files: dict[str, dict[str, Any]]  # file id -> DER scores, clusters, mapping (with reference)
+    files: dict[str, dict[str, Any]]  # file id -> recording_report (DER with a reference)
     total: dict[str, float] | None  # DER over all read recordings (with reference)
     skipped: dict[str, str]  # uri -> why it could not be read
 
@@ -88,20 +98,117 @@ def _total_der(ref_turns: list[Turn], hyp: list[Turn], files: dict[str, dict[str
     return total
 
 
+def speaker_seconds(turns: Sequence[Turn]) -> dict[str, float]:
+    """Speaker -> seconds of speech in ``turns``, largest first."""
+    total: dict[str, float] = {}
+    for t in turns:
+        total[t.speaker] = total.get(t.speaker, 0.0) + t.duration
+    return {k: round(v, 2) for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
+
+
+def recording_report(result: Diarization, ref: list[Turn] | None, collar: float
+                     ) -> dict[str, Any]:
+    """What a person checks per recording: speech, speakers found, each cluster's seconds and
+    the largest one's share; with a reference (``ref`` not None) its speakers' seconds, DER
+    and the cluster -> reference speaker mapping."""
+    found = speaker_seconds(result.turns)
+    report: dict[str, Any] = {
+        "speech_s": round(result.info["speech_s"], 2), "windows": result.info["windows"],
+        "clusters": len(found), "cluster_s": found,
+        "largest_share": round(max(found.values()) / sum(found.values()), 3) if found else 0.0}
+    if ref is not None:
+        der = diarization_error(ref, result.turns, collar)
+        report |= der.as_dict() | {"reference_s": speaker_seconds(ref),
+                                   "mapping": der.mapping.get(result.info["file"], {})}
+    return report
+
+
+def _describe(rep: dict[str, Any]) -> str:
+    line = (f"{rep['speech_s']:.1f}s speech, {rep['windows']} windows, {rep['clusters']} "
+            f"speakers (largest {100 * rep['largest_share']:.0f}% of speech)")
+    if "der" in rep:
+        line += f", reference {len(rep['reference_s'])} speakers, DER {100 * rep['der']:.1f}%"
+    return line
+
+
+def summary_table(files: dict[str, dict[str, Any]]) -> str:
+    """``summary.md``: one row per recording, clusters' and reference speakers' seconds side
+    by side (largest first), so a collapse into one cluster is visible at a glance."""
+    ref = any("der" in r for r in files.values())
+    head = "| recording | speech s | speakers found | cluster seconds | largest share |"
+    rule = "|---|---|---|---|---|"
+    if ref:
+        head += " reference speakers | reference seconds | DER % |"
+        rule += "---|---|---|"
+    rows = [head, rule]
+    for name, r in files.items():
+        row = (f"| {name} | {r['speech_s']:.1f} | {r['clusters']} | "
+               f"{' / '.join(f'{v:.1f}' for v in r['cluster_s'].values())} | "
+               f"{100 * r['largest_share']:.0f}% |")
+        if "der" in r:
+            row += (f" {len(r['reference_s'])} | "
+                    f"{' / '.join(f'{v:.1f}' for v in r['reference_s'].values())} | "
+                    f"{100 * r['der']:.1f} |")
+        rows.append(row)
+    return "\n".join(rows) + "\n"
+
+
 def calibrated_threshold(checkpoint: str | Path, backend: str) -> float:
     """The ``backend`` score at which the checkpoint's calibration gives LLR 0 (same speaker
-    and different speakers equally likely): ``-b / a`` of its linear map. The calibration
-    was fitted on dev trials of whole utterances; 1.5 s windows score lower, so this errs
-    towards more speakers, which ``min_cluster_s`` and ``max_speakers`` bound."""
+    and different speakers equally likely): ``-b / a`` of its linear map. ``calibration.json``
+    calibrates the backend the checkpoint was ranked on; another backend's map is fitted the
+    same way on its own dev scores (``val_scores.npz``). The calibration was fitted on dev
+    trials of whole utterances; 1.5 s windows score lower, so this errs towards more
+    speakers, which ``min_cluster_s`` and ``max_speakers`` bound."""
     try:
         cal = load_calibration(checkpoint)
-    except CalibrationError as exc:
-        raise DiarizationError(f"{exc}; pass --num-speakers or --threshold instead") from None
-    if cal["backend"] != backend:
-        raise DiarizationError(f"{checkpoint}/calibration.json calibrates {cal['backend']} "
-                               f"scores, not {backend}: pass --backend {cal['backend']}, "
-                               "--num-speakers or --threshold")
+        if cal["backend"] != backend:
+            scores, labels = load_val_scores(str(checkpoint), backend)
+            fitted = fit_linear(scores, labels, float(cal["p_target"]))
+            cal = {"a": float(fitted.weights[0]), "b": fitted.bias}
+    except (CalibrationError, ValueError, OSError) as exc:
+        raise DiarizationError(f"{exc}; pass --num-speakers or --threshold instead, or "
+                               "--method spectral") from None
     return -float(cal["b"]) / float(cal["a"])
+
+
+def _count_rule(dcfg: DiarizeConfig, checkpoint: str | Path, ckpt: Any, out: Path,
+                log: Callable[[str], None]) -> DiarizeConfig:
+    """Without a count or threshold: AHC stops merging where clusters' mean window-pair LLR is
+    0; spectral clustering merges the eigengap's clusters above it, with the k-NN size (unless
+    given) that miscounts least. Both are chosen on meetings of the checkpoint's dev speakers
+    when they are readable here (``window_calibration.py``); else AHC uses calibration.json's
+    dev trials and spectral the eigengap alone. Logged."""
+    spectral = dcfg.method == "spectral"
+    if dcfg.num_speakers is not None or dcfg.threshold is not None:
+        return dcfg
+    data = ckpt.cfg.get("data") or {}
+    sr = int(data.get("sample_rate", 16000))
+    try:
+        fitted = fit_window_calibration(ckpt, dev_speakers(data), lambda u: load_audio(
+            u, sr, data.get("storage") or None), dcfg, sample_rate=sr)
+    except (ValueError, OSError) as exc:
+        why = f"dev meetings unavailable: {str(exc).splitlines()[0]}"
+        if spectral:
+            k = dcfg.neighbours or NEIGHBOURS
+            log(f"speaker count from the largest eigengap of a {k}-NN graph ({why})")
+            return dataclasses.replace(dcfg, neighbours=k)
+        threshold = calibrated_threshold(checkpoint, dcfg.backend)
+        log(f"speaker count from {Path(checkpoint) / 'calibration.json'} ({why}): windows are "
+            f"one speaker when their LLR is above 0 (score above {threshold:.4g})")
+        return dataclasses.replace(dcfg, threshold=threshold)
+    fit = fitted[dcfg.backend]
+    write_window_calibration(out / WINDOW_CALIBRATION, fitted, {"checkpoint": str(checkpoint)})
+    where = f"meetings of the dev speakers ({out / WINDOW_CALIBRATION})"
+    rule = (f"clusters are one speaker when their windows' mean LLR is above 0 (score above "
+            f"{fit['threshold']:.4g}), calibrated on {fit['pairs']} window pairs of {where}")
+    if spectral:
+        k = dcfg.neighbours or fit["neighbours"]
+        chosen = "" if dcfg.neighbours else " (the size that miscounted least on them)"
+        log(f"speaker count from the largest eigengap of a {k}-NN graph{chosen}, then {rule}")
+        return dataclasses.replace(dcfg, neighbours=k, threshold=fit["threshold"])
+    log(f"speaker count: {rule}")
+    return dataclasses.replace(dcfg, threshold=fit["threshold"])
 
 
 def diarize_files(
@@ -109,23 +216,17 @@ def diarize_files(
     reference: str | Path | None = None, collar: float = COLLAR_S,
     log: Callable[[str], None] = _say,
 ) -> BatchResult:
-    """Diarize every recording in ``audio`` and write ``hypothesis.rttm``, ``<file>.png``,
+    """Diarize every recording in ``audio`` and write ``hypothesis.rttm``, ``summary.md``
+    (per recording: speakers found, seconds per cluster), ``<file>.png``,
     ``<file>_embeddings.npy`` and, with ``reference``, ``der.json`` under ``out_dir``.
     ``dcfg.backend`` None: the backend the checkpoint was ranked on (said in the log)."""
-    from speakertune.checkpoint import load_checkpoint
-    from speakertune.data.audio import load_audio
-    from speakertune.data.audio_files import AudioFiles
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
     name, backend, why = checkpoint_affinity(ckpt, dcfg.validate().backend)
     dcfg = dataclasses.replace(dcfg, backend=name)
     log(f"backend {name}: {why}")
-    if dcfg.threshold is None and dcfg.num_speakers is None:
-        dcfg = dataclasses.replace(dcfg, threshold=calibrated_threshold(checkpoint, name))
-        log(f"speaker count from {Path(checkpoint) / 'calibration.json'}: two windows are one "
-            f"speaker when their calibrated LLR is above 0 (score above {dcfg.threshold:.4g})")
+    dcfg = _count_rule(dcfg, checkpoint, ckpt, out, log)
     ref_turns = read_rttm(reference) if reference else []
     if reference and not ref_turns:
         raise DiarizationError(f"{reference}: no SPEAKER lines, not a reference RTTM")
@@ -142,21 +243,12 @@ def diarize_files(
                          backend=backend)
         hyp += result.turns
         ref = [t for t in ref_turns if t.file == file_id]
-        mapping: dict[str, str] = {}
-        line = (f"[{i}/{len(audio)}] {file_id}: {len(wave) / sr:.1f}s audio, "
-                f"{result.info['speech_s']:.1f}s speech, {result.info['windows']} windows, "
-                f"{result.info.get('clusters', 0)} speakers")
-        if ref_turns:
-            if not ref:
-                print(f"warning: {reference} has no turns for {file_id}", file=sys.stderr)
-            der = diarization_error(ref, result.turns, collar)
-            scores = der.as_dict()
-            mapping = der.mapping.get(file_id, {})
-            files[file_id] = scores | {"clusters": result.info.get("clusters", 0),
-                                       "mapping": mapping}
-            line += f", DER {100 * scores['der']:.1f}%"
-        log(f"{line} ({time.monotonic() - t0:.1f}s)")
-        plot_turns(out / f"{file_id}.png", result, ref, file_id, mapping)
+        if ref_turns and not ref:
+            print(f"warning: {reference} has no turns for {file_id}", file=sys.stderr)
+        files[file_id] = recording_report(result, ref if ref_turns else None, collar)
+        log(f"[{i}/{len(audio)}] {file_id}: {len(wave) / sr:.1f}s audio, "
+            f"{_describe(files[file_id])} ({time.monotonic() - t0:.1f}s)")
+        plot_turns(out / f"{file_id}.png", result, ref, file_id, files[file_id].get("mapping"))
         with written_aside(out / f"{file_id}_embeddings.npy") as tmp:
             np.save(tmp, result.embeddings)
     skipped = recordings.skipped
@@ -164,6 +256,7 @@ def diarize_files(
         log(f"skipped {len(skipped)} of {len(audio)} recordings (unreadable audio)")
     recordings.check_any(DiarizationError, "recording")
     write_rttm(hyp, out / "hypothesis.rttm")
+    write_text(out / "summary.md", summary_table(files))
     total = _total_der(ref_turns, hyp, files, skipped, collar, out, log) if ref_turns else None
     return BatchResult(out / "hypothesis.rttm", hyp, files,
                        total.as_dict() if total else None, skipped)
