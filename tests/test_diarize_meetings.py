@@ -23,6 +23,7 @@ from speakertune.data.audio import load_audio
 from speakertune.data.corpus import load_corpus
 from speakertune.data.synthetic import ensure_synthetic_corpus
 from speakertune.diarization.clustering import (
+    cluster_ahc,
     cluster_spectral,
     eigengap_count,
     knn_graph,
@@ -70,6 +71,20 @@ def test_spectral_agrees_with_sklearn_and_counts_by_the_eigengap():
     assert len(set(cluster_spectral(aff, neighbours=5, threshold=0.99))) == 4
     assert len(set(cluster_spectral(aff, neighbours=5, threshold=-1.0))) == 1
     assert len(set(cluster_spectral(aff, neighbours=5, threshold=-1.0, bounds=(2, None)))) == 2
+
+
+def test_a_given_count_holds_when_a_talker_has_fewer_windows_than_a_cluster_needs():
+    """A talker with 2 windows in an 8-talker meeting made the cut go down to singletons and
+    AHC return one cluster per window; the count given is the count returned. (Under 2 s, the
+    2-window talker is indistinguishable from two outlier windows: a larger talker is split
+    instead, and the two large talkers are never merged.)"""
+    emb, truth = _blobs([20, 15, 2])
+    aff = affinity_matrix(emb)
+    assert adjusted_rand_score(truth, cluster_ahc(aff, num_speakers=3)) == pytest.approx(1.0)
+    for data, _ in (_blobs([20, 15, 2]), _blobs([20, 15, 2], spread=2.5, seed=4)):
+        labels = cluster_ahc(affinity_matrix(data), num_speakers=3, min_size=3)
+        assert len(set(labels)) == 3
+        assert not set(labels[truth == 0]) & set(labels[truth == 1])
 
 
 def test_reassign_moves_each_window_to_its_most_similar_cluster():

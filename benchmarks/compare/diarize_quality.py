@@ -20,14 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from speakertune.checkpoint import load_checkpoint
 from speakertune.data.audio import load_audio
 from speakertune.data.corpus import load_corpus
 from speakertune.diarization.der import diarization_error
 from speakertune.diarization.diarize import DiarizeConfig, embed_recording, label_windows
 from speakertune.diarization.meetings import MEETING_SPEAKERS, write_meetings
-from speakertune.diarization.recordings import COLLAR_S, calibrated_threshold
+from speakertune.diarization.recordings import COLLAR_S, calibrated_threshold, speaker_seconds
 from speakertune.diarization.rttm import read_rttm
 from speakertune.diarization.window_calibration import fit_window_calibration
 
@@ -52,16 +51,59 @@ def settings(backends: list[str], variants: bool) -> list[tuple[str, str, str, d
 
 
 def score(embedded: dict, ref: list, dcfg: DiarizeConfig, backend) -> tuple[float, int, float]:
-    """DER over all meetings, speaker-count error (sum |found - true|), worst cluster share."""
+    """DER over all meetings, speaker-count error (sum |found - true|), and the worst excess
+    of the largest cluster's share of speech over the reference's largest talker's share
+    (near 0: no collapse; 0.5: half the meeting's speech put with its main talker)."""
     hyp, count_err, worst = [], 0, 0.0
-    for emb, n in embedded.values():
+    for file_id, (emb, n) in embedded.items():
         cfg = dcfg if dcfg.num_speakers is None else dataclasses.replace(dcfg, num_speakers=n)
         out = label_windows(emb, cfg, backend)
         hyp += out.turns
         count_err += abs(out.info["clusters"] - n)
-        share = np.bincount(out.labels) / len(out.labels)
-        worst = max(worst, float(share.max()) - 1.0 / n)  # 0: balanced; large: collapse
+        found = speaker_seconds(out.turns)
+        truth = speaker_seconds([t for t in ref if t.file == file_id])
+        worst = max(worst, max(found.values()) / sum(found.values())
+                    - max(truth.values()) / sum(truth.values()))
     return diarization_error(ref, hyp, COLLAR_S).der, count_err, worst
+
+
+def embed_meetings(ckpt, corpus, read, speakers, seeds: int, mixed: bool, base: DiarizeConfig
+                   ) -> tuple[dict, list]:
+    """Meetings of the dev speakers, each embedded once: ({file: (embedded, talkers)}, ref)."""
+    sr = int(ckpt.cfg["data"].get("sample_rate", 16000))
+    embedded, refs = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            wavs, rttm = write_meetings(corpus.val, Path(tmp) / str(seed), read,
+                                        speakers=speakers, sample_rate=sr, seed=seed,
+                                        one_session=not mixed)
+            refs += [dataclasses.replace(t, file=f"{t.file}-{seed}") for t in read_rttm(rttm)]
+            for wav, n in zip(wavs, speakers):
+                fid = f"{wav.stem}-{seed}"
+                embedded[fid] = (embed_recording(load_audio(wav, sr), sr, ckpt.encoder,
+                                                 ckpt.cfg, base, fid), n)
+    return embedded, refs
+
+
+def rows(embedded, refs, ckpt, fitted, utterance, base, variants) -> dict:
+    """Print one table row per setting; return {(backend, method, count): DER} of defaults."""
+    ours = {}
+    for b, method, count, extra in settings(list(utterance), variants):
+        threshold = fitted[b]["threshold"] if count == "estimated" else None
+        if extra.get("threshold") == "calibration.json":
+            threshold = utterance[b] if count == "estimated" else None
+        elif extra.get("threshold") == "no merge":
+            threshold = None
+        chosen = fitted[b]["neighbours"] if method == "spectral" and count == "estimated" else 0
+        dcfg = dataclasses.replace(base, method=method,
+                                   **({"neighbours": chosen} | extra | {"threshold": threshold}),
+                                   num_speakers=1 if count == "oracle" else None)
+        der, cerr, worst = score(embedded, refs, dcfg, ckpt.backends[b])
+        if not extra:
+            ours[(b, method, count)] = der
+        print(f"| {b} | {method} | {count} | {extra or 'default'} | {100 * der:.1f} | {cerr} "
+              f"| {worst:.2f} |", flush=True)
+    return ours
 
 
 def main() -> None:
@@ -82,58 +124,31 @@ def main() -> None:
     corpus = load_corpus(data)
     speakers = (2, 4, 8) if args.quick else MEETING_SPEAKERS
     base = DiarizeConfig()
-    embedded, refs = {}, []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.seeds):
-            wavs, rttm = write_meetings(corpus.val, Path(tmp) / str(seed),
-                                        lambda u: load_audio(u, sr, storage),
-                                        speakers=speakers, sample_rate=sr, seed=seed,
-                                        one_session=not args.mixed_sessions)
-            ref = [dataclasses.replace(t, file=f"{t.file}-{seed}") for t in read_rttm(rttm)]
-            refs += ref
-            for wav, n in zip(wavs, speakers):
-                fid = f"{wav.stem}-{seed}"
-                embedded[fid] = (embed_recording(load_audio(wav, sr), sr, ckpt.encoder, ckpt.cfg,
-                                                 base, fid), n)
+    read = lambda u: load_audio(u, sr, storage)  # noqa: E731
+    embedded, refs = embed_meetings(ckpt, corpus, read, speakers, args.seeds,
+                                    args.mixed_sessions, base)
     audio_s = sum(e.info["speech_s"] for e, _ in embedded.values())
     print(f"{len(embedded)} meetings ({', '.join(map(str, speakers))} speakers), "
           f"{audio_s:.0f}s speech, embedded in {time.perf_counter() - t0:.0f}s", flush=True)
-    backends = [b for b in ("cosine", "plda") if b in ckpt.backends]
-    # AHC's stopping score as diarize_files finds it: LLR 0 on window pairs of dev-speaker
-    # meetings (another seed than the scored meetings), and the utterance calibration's
-    fitted = fit_window_calibration(ckpt, corpus.val, lambda u: load_audio(u, sr, storage), base,
-                                    sample_rate=sr, seed=1000)
-    thresholds = {b: fitted[b]["threshold"] for b in backends}
-    utterance = {b: calibrated_threshold(args.checkpoint, b) for b in backends}
-    for b in backends:
-        print(f"{b}: window-pair threshold {thresholds[b]:.4g} (EER {100 * fitted[b]['eer']:.1f}% "
-              f"on {fitted[b]['pairs']} pairs), calibration.json's {utterance[b]:.4g}; "
-              f"spectral neighbours {fitted[b]['neighbours']} (miscounts "
-              f"{fitted[b]['neighbours_miscount']})")
+    # The count rules as diarize_files fits them: on meetings of the same dev speakers with
+    # another seed than the scored ones; and the utterance calibration's LLR 0, for comparison
+    fitted = fit_window_calibration(ckpt, corpus.val, read, base, sample_rate=sr, seed=1000)
+    utterance = {b: calibrated_threshold(args.checkpoint, b)
+                 for b in ("cosine", "plda") if b in ckpt.backends}
+    for b in utterance:
+        print(f"{b}: window-pair LLR 0 at {fitted[b]['threshold']:.4g} (EER "
+              f"{100 * fitted[b]['eer']:.1f}% on {fitted[b]['pairs']} pairs), calibration.json's "
+              f"at {utterance[b]:.4g}; spectral neighbours {fitted[b]['neighbours']} "
+              f"(miscounts {fitted[b]['neighbours_miscount']})")
     print(f"meetings: {'sessions mixed' if args.mixed_sessions else 'one session per talker'}")
-    print("| backend | method | count | setting | DER % | count error | worst excess share |")
+    print("| backend | method | count | setting | DER % | count error | worst share excess |")
     print("|---|---|---|---|---|---|---|")
-    ours = {}
-    for b, method, count, extra in settings(backends, args.variants):
-        threshold = thresholds[b] if count == "estimated" else None
-        if extra.get("threshold") == "calibration.json":
-            threshold = utterance[b] if count == "estimated" else None
-        elif extra.get("threshold") == "no merge":
-            threshold = None
-        chosen = fitted[b]["neighbours"] if method == "spectral" and count == "estimated" else 0
-        dcfg = dataclasses.replace(base, method=method,
-                                   **({"neighbours": chosen} | extra | {"threshold": threshold}),
-                                   num_speakers=1 if count == "oracle" else None)
-        der, cerr, worst = score(embedded, refs, dcfg, ckpt.backends[b])
-        if not extra:
-            ours[(b, method, count)] = der
-        print(f"| {b} | {method} | {count} | {extra or 'default'} | {100 * der:.1f} | {cerr} "
-              f"| {worst:.2f} |", flush=True)
+    ours = rows(embedded, refs, ckpt, fitted, utterance, base, args.variants)
     base_der, _, base_worst = score(embedded, refs, dataclasses.replace(
         base, num_speakers=1, min_cluster_s=0.0, reassign=0), None)
     print(f"baseline (raw cosine, AHC, oracle count, no small-cluster absorption): "
-          f"DER {100 * base_der:.1f}%, worst excess share {base_worst:.2f}")
+          f"DER {100 * base_der:.1f}%, worst share excess {base_worst:.2f}")
     worst_est = max(v for k, v in ours.items() if k[2] == "estimated")
     print("\n| benchmark | ours | baseline | ratio (ours/baseline speed) | notes |")
     print("|---|---|---|---|---|")

@@ -62,12 +62,29 @@ def cluster_ahc(
             return cluster_ahc(affinity, num_speakers=target, linkage_method=linkage_method,
                                min_size=min_size, reassign=reassign)
     else:
-        for k in range(min(num_speakers, n), n + 1):
-            raw = fcluster(z, t=k, criterion="maxclust")
-            if (np.bincount(raw) >= min_size).sum() >= min(num_speakers, n):
-                break
+        raw = _cut_for_count(z, affinity, min(num_speakers, n), min_size)
+        return first_use_order(reassign_windows(raw, affinity, reassign))
     return first_use_order(reassign_windows(absorb_small(raw, affinity, min_size), affinity,
                                             reassign))
+
+
+def _cut_for_count(z: np.ndarray, affinity: np.ndarray, count: int, min_size: int
+                   ) -> np.ndarray:
+    """Exactly ``count`` clusters from the tree ``z``: the lowest cut whose ``count`` largest
+    clusters all reach ``min_size`` (else the cut where most of them do), the other
+    clusters' items joined to the kept cluster they are most similar to."""
+    best, best_large = None, -1
+    for k in range(count, len(affinity) + 1):
+        raw = fcluster(z, t=k, criterion="maxclust")
+        sizes = np.sort(np.bincount(raw))[::-1][:count]
+        large = int((sizes >= min_size).sum())
+        if large > best_large:
+            best, best_large = raw, large
+        if large >= count:
+            break
+    sizes = np.bincount(best)
+    keep = np.argsort(-sizes, kind="stable")[:count]
+    return absorb_small(best, affinity, int(sizes[keep].min()), keep=keep)
 
 
 @CLUSTERINGS.register("spectral")
@@ -144,15 +161,17 @@ def eigengap_count(eigvals: np.ndarray, bounds: tuple[int, int | None]) -> int:
     return low + int(np.argmax(gaps[low - 1: high]))
 
 
-def absorb_small(labels: np.ndarray, affinity: np.ndarray, min_size: int) -> np.ndarray:
-    """Items of clusters smaller than ``min_size`` moved to the large cluster with the highest
-    mean affinity to them (unchanged when no cluster is large)."""
+def absorb_small(labels: np.ndarray, affinity: np.ndarray, min_size: int,
+                 keep: np.ndarray | None = None) -> np.ndarray:
+    """Items of clusters smaller than ``min_size`` (or not in ``keep``) moved to the large
+    (kept) cluster with the highest mean affinity to them; unchanged when none is large."""
     sizes = np.bincount(labels)
-    large = [c for c in np.unique(labels) if sizes[c] >= min_size]
+    large = [c for c in np.unique(labels)
+             if (sizes[c] >= min_size if keep is None else c in set(keep.tolist()))]
     if not large or len(large) == len(np.unique(labels)):
         return labels
     out = labels.copy()
-    for i in np.flatnonzero(sizes[labels] < min_size):
+    for i in np.flatnonzero(~np.isin(labels, large)):
         out[i] = max(large, key=lambda c: affinity[i, labels == c].mean())
     return out
 
