@@ -31,7 +31,12 @@ from speakertune.diarization.clustering import (
 )
 from speakertune.diarization.der import diarization_error
 from speakertune.diarization.diarize import affinity_matrix, feature_fn
-from speakertune.diarization.meetings import MEETING_SPEAKERS, write_meetings
+from speakertune.diarization.meetings import (
+    MAX_UTTS,
+    MEETING_SPEAKERS,
+    MeetingPlan,
+    write_meetings,
+)
 from speakertune.diarization.rttm import Turn, read_rttm
 from speakertune.diarization.window_calibration import labelled_pairs, window_speakers
 from speakertune.models import build_encoder
@@ -110,6 +115,22 @@ def test_window_labels_and_pairs_for_the_count_calibration():
     assert who == ["a", None, "b", None]
     first, second, same = labelled_pairs(who + ["a"])
     assert list(zip(first, second, same)) == [(0, 2, 0), (0, 4, 1), (2, 4, 0)]
+
+
+def test_meetings_read_a_bounded_number_of_utterances_per_talker(tmp_path):
+    """At VoxCeleb size a talker has hundreds of utterances: a meeting reads at most
+    MAX_UTTS of each, not all of them."""
+    reads = []
+
+    def read(uri):
+        reads.append(uri)
+        rng = np.random.default_rng(len(reads))
+        return (0.1 * rng.standard_normal(16000 * 3)).astype(np.float32)
+
+    utts = pd.DataFrame({"spk": np.repeat(["a", "b", "c"], 300), "uri": map(str, range(900))})
+    wavs, rttm = write_meetings(utts, tmp_path, read, speakers=(2, 3), plan=MeetingPlan(20.0))
+    assert len(reads) == (2 + 3) * MAX_UTTS and len(set(reads)) > MAX_UTTS
+    assert {t.file for t in read_rttm(rttm)} == {w.stem for w in wavs}
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,9 @@ from speakertune.diarization.diarize import energy_vad
 from speakertune.diarization.rttm import Turn, write_rttm
 
 MEETING_SPEAKERS = (2, 3, 4, 5, 6, 8)
+# Utterances read per talker: a minute of meeting needs a few, and a VoxCeleb2 speaker has
+# hundreds (8 talkers x 500 utterances would be thousands of object-store reads and ~2 GB)
+MAX_UTTS = 20
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,12 @@ def _turn(utterances: list[np.ndarray], plan: MeetingPlan, rng: np.random.Genera
     return np.asarray(wave[start:start + n], dtype=np.float32)
 
 
+def _some(uris: list[str], rng: np.random.Generator) -> list[str]:
+    if len(uris) <= MAX_UTTS:
+        return uris
+    return [uris[i] for i in sorted(rng.choice(len(uris), MAX_UTTS, replace=False))]
+
+
 def write_meetings(
     utts: pd.DataFrame, out_dir: str | Path, read: Callable[[str], np.ndarray], *,
     speakers: Sequence[int] = MEETING_SPEAKERS, plan: MeetingPlan | None = None,
@@ -118,7 +127,7 @@ def write_meetings(
     wavs, turns = [], []
     for n in speakers:
         chosen = sorted(rng.choice(by_spk.index, n, replace=False))
-        voices = {spk: [read(u) for u in by_spk[spk]] for spk in chosen}
+        voices = {spk: [read(u) for u in _some(by_spk[spk], rng)] for spk in chosen}
         file_id = f"meet{n}spk"
         wave, ref = build_meeting(voices, plan, rng, sample_rate, file_id)
         with written_aside(out / f"{file_id}.wav") as tmp:
