@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 import torch
-from speakertune.diarization.clustering import cluster_ahc
 from speakertune.diarization.diarize import (
+    Diarization,
     DiarizeConfig,
-    affinity_matrix,
     diarize,
     energy_vad,
     feature_fn,
+    label_windows,
     sliding_windows,
 )
 from speakertune.models import build_encoder
@@ -47,7 +47,8 @@ def per_window(wave: np.ndarray, enc: torch.nn.Module, cfg: dict, dcfg: DiarizeC
             enc(extract(wave[int(s * ts.SR) : int(e * ts.SR)], ts.SR)[None])[0].numpy()
             for s, e in windows
         ])
-    return cluster_ahc(affinity_matrix(emb), num_speakers=dcfg.num_speakers), len(windows)
+    embedded = Diarization([], speech, windows, np.zeros(len(windows), int), emb, {"file": "rec"})
+    return label_windows(embedded, dcfg).labels, len(windows)
 
 
 def main() -> None:
