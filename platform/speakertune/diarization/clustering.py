@@ -24,8 +24,8 @@ from sklearn.cluster import k_means
 from speakertune.registry import CLUSTERINGS
 
 SPECTRAL_MAX_SPEAKERS = 20  # the eigengap's search range when no max_speakers is given
-# WeSpeaker's fixed k-NN size; on the built-in meetings (60-80 windows) 10 counted speakers
-# best among 3 (5% of the windows), 5, 15 and 20 (benchmarks/compare/diarize_quality.py)
+# The k-NN size when none is given or chosen on dev meetings (window_calibration.py):
+# WeSpeaker's fixed 10, which also counted the built-in meetings best among 3, 5, 15 and 20
 NEIGHBOURS = 10
 
 
@@ -38,9 +38,9 @@ def cluster_ahc(
 ) -> np.ndarray:
     """Agglomerative clustering of an affinity matrix; labels 0..k-1 in order of first use.
 
-    With ``num_speakers`` the tree is cut lower until that many clusters of at least
-    ``min_size`` exist; with a ``threshold`` a count outside ``bounds`` (min, max or None) is
-    clipped to them.
+    With ``num_speakers`` exactly that many clusters are returned (``_cut_for_count``); with a
+    ``threshold`` the tree is cut there, and a count of clusters of at least ``min_size``
+    outside ``bounds`` (min, max or None) is clipped to them.
 
     Example: ``cluster_ahc(aff [40, 40], num_speakers=4)`` -> labels [40] in 0..3.
     """

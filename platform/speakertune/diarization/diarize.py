@@ -65,6 +65,11 @@ class DiarizeConfig:
     # 16 kHz is 230 MB of samples and 360k feature frames.
     max_seconds: float = 3600.0
 
+    @property
+    def min_cluster_windows(self) -> int:
+        """``min_cluster_s`` as a count of windows (one new window per hop)."""
+        return max(1, round(self.min_cluster_s / self.hop_s))
+
     def validate(self) -> DiarizeConfig:
         if self.window_s <= 0 or self.hop_s <= 0:
             raise DiarizationError(f"window_s/hop_s must be > 0, got {self.window_s}/{self.hop_s}")
@@ -259,7 +264,7 @@ def label_windows(
         num_speakers=dcfg.num_speakers, linkage_method=dcfg.linkage, neighbours=dcfg.neighbours,
         reassign=dcfg.reassign,
         bounds=(dcfg.min_speakers, dcfg.max_speakers),
-        min_size=max(1, round(dcfg.min_cluster_s / dcfg.hop_s)))
+        min_size=dcfg.min_cluster_windows)
     turns = frames_to_turns(embedded.speech, embedded.windows, labels, info["file"])
     return dataclasses.replace(embedded, turns=turns, labels=labels,
                                info=info | {"clusters": int(labels.max()) + 1})

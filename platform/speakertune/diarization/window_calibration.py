@@ -105,7 +105,7 @@ def _spectral_miscounts(affs: list[np.ndarray], counts: list[int], threshold: fl
                         dcfg: DiarizeConfig) -> dict[int, int]:
     """k-NN size -> speakers miscounted over the meetings by spectral clustering as diarize
     runs it (eigengap, small clusters absorbed, clusters above ``threshold`` merged)."""
-    min_size = max(1, round(dcfg.min_cluster_s / dcfg.hop_s))
+    min_size = dcfg.min_cluster_windows
     return {k: sum(abs(len(set(cluster_spectral(aff, neighbours=k, min_size=min_size,
                                                  threshold=threshold))) - n)
                    for aff, n in zip(affs, counts))
