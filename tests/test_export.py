@@ -69,7 +69,10 @@ OTHERS = {"tdnn": TDNN, "resnet10": {"name": "resnet10", "base_channels": 8},
                        "bn_size": 2, "block_layers": [1, 1, 1]},
           "eres2net": {"name": "eres2net", "channels": 4, "blocks": [1, 1, 1, 1]},
           "eres2netv2": {"name": "eres2netv2", "channels": 4, "blocks": [1, 1, 1, 1]},
-          "simam_resnet34": {"name": "simam_resnet34", "base_channels": 4}}
+          "simam_resnet34": {"name": "simam_resnet34", "base_channels": 4},
+          # frequency-wise SE, squeeze conv, time-context attention (SDPA), weighted sums
+          "redimnet": {"name": "redimnet", "size": "b3", "channels": 2,
+                       "stages": [[1, 1, 2, 4], [2, 1, 1, 4]]}}
 
 
 @pytest.mark.parametrize("model", ["ecapa_tdnn", *OTHERS])

@@ -21,6 +21,7 @@ from speakertune.models import (  # noqa: F401  (imported to register the encode
     etdnn,
     ftdnn,
     lstm,
+    redimnet,
     rescnn,
     resnet,
     simam_resnet,
