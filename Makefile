@@ -38,11 +38,15 @@ sweep: venv
 lint: venv
 	$(PY) -m ruff check .
 
-# The multi-node test starts its own 3-node Ray and must be the only Ray on the machine (with the
-# suite's local Ray beside it, Ray Train's helpers find two clusters): its own pytest process.
+# Tests that start a Ray cluster of their own (3 nodes; Ray's autoscaler; `ray up` over SSH) must
+# each be the only Ray on the machine (with the suite's local Ray beside it, Ray Train's helpers
+# find two clusters): each in its own pytest process, after the suite.
+CLUSTER_TESTS := tests/test_multinode.py tests/test_autoscaling.py tests/test_ray_up.py
 test: venv lint
-	$(PY) -m pytest -q tests --ignore=tests/test_multinode.py
+	$(PY) -m pytest -q tests $(addprefix --ignore=,$(CLUSTER_TESTS))
 	$(PY) -m pytest -q tests/test_multinode.py
+	$(PY) -m pytest -q tests/test_autoscaling.py
+	$(PY) -m pytest -q tests/test_ray_up.py
 
 bench: venv
 	$(PY) benchmarks/run_all.py

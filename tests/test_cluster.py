@@ -102,6 +102,74 @@ def test_header_commands_are_exact() -> None:
     assert "ray dashboard cluster.yaml" in cmds[2] and "127.0.0.1:8265" in submit
 
 
+# What each call of Ray's AWS provider (ray/autoscaler/_private/aws, the locked Ray) needs from
+# IAM: boto3's resource collections (ec2.instances.filter...) are Describe* calls.
+AWS_CALL_ACTIONS = {
+    "create_instances": "ec2:RunInstances", "terminate_instances": "ec2:TerminateInstances",
+    "create_tags": "ec2:CreateTags", "instances.filter": "ec2:DescribeInstances",
+    "describe_instance_types": "ec2:DescribeInstanceTypes",
+    "describe_images": "ec2:DescribeImages", "subnets.all": "ec2:DescribeSubnets",
+    "subnets.filter": "ec2:DescribeSubnets",
+    "security_groups.filter": "ec2:DescribeSecurityGroups",
+    "key_pairs.filter": "ec2:DescribeKeyPairs", "create_key_pair": "ec2:CreateKeyPair",
+}
+# Calls made only for settings cluster.yaml does not use: a group of Ray's own (we name ours),
+# a default instance profile and role (we name ours), launch templates, stopped-node reuse
+# (cache_stopped_nodes: false).
+AWS_CALLS_NOT_MADE = {"create_security_group", "create_instance_profile", "create_role",
+                      "describe_launch_template_versions", "start_instances", "stop_instances"}
+
+
+def _policy_actions(name: str) -> dict[str, list]:
+    """action -> the Resource of each statement allowing it, in docs/aws/``name``."""
+    import json
+
+    doc = json.loads((CLUSTER.parent / "docs" / "aws" / name).read_text())
+    out: dict[str, list] = {}
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow"
+        for action in st["Action"] if isinstance(st["Action"], list) else [st["Action"]]:
+            out.setdefault(action, []).append(st["Resource"])
+    return out
+
+
+def test_iam_policies_allow_every_call_rays_aws_provider_makes(raw: dict) -> None:
+    import re
+
+    import ray.autoscaler._private.aws as aws_pkg
+
+    src = "".join(p.read_text() for p in Path(aws_pkg.__file__).parent.glob("*.py"))
+    found = {m.group(2) for m in re.finditer(
+        r"\b(ec2|ec2_fail_fast|client|iam)(?:\.meta\.client)?\.([a-z_]+(?:\.(?:all|filter))?)\b",
+        src)} - {"amazonaws"}  # fmt: skip
+    assert found == set(AWS_CALL_ACTIONS) | AWS_CALLS_NOT_MADE  # a new call: map it here
+    types = raw["available_node_types"].values()
+    for policy in ("launcher-policy.json", "head-role-policy.json"):
+        actions = _policy_actions(policy)
+        assert set(AWS_CALL_ACTIONS.values()) <= set(actions), policy
+        if any(str(t["node_config"]["ImageId"]).startswith("resolve:ssm:") for t in types):
+            assert "ssm:GetParameters" in actions  # RunInstances resolves it as the caller
+        passable = " ".join(r for res in actions["iam:PassRole"] for r in res)
+        for t in types:  # every node's instance profile (named as its role) can be handed over
+            assert f"role/{t['node_config']['IamInstanceProfile']['Name']}" in passable
+    for policy in ("head-role-policy.json", "worker-role-policy.json"):
+        actions = _policy_actions(policy)
+        assert {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:PutObject",
+                "s3:DeleteObject"} <= set(actions), policy
+
+
+def test_every_node_joins_the_admin_only_security_group(raw: dict) -> None:
+    """Without SecurityGroupIds Ray's AWS provider creates a group with SSH open to 0.0.0.0/0
+    (its _create_default_ssh_inbound_rules); docs/cluster.md creates one for the admin CIDR."""
+    groups = {tuple(t["node_config"].get("SecurityGroupIds") or ())
+              for t in raw["available_node_types"].values()}
+    assert groups == {("sg-REPLACE-ME",)}
+    doc = (CLUSTER.parent / "docs" / "cluster.md").read_text()
+    assert "aws ec2 create-security-group" in doc and "--port 22 --cidr" in doc
+    lines = doc.split("## AWS permissions and network")[1].split("```bash")[1].split("```")[0]
+    assert "--cidr" in lines and "0.0.0.0/0" not in lines
+
+
 # ---------------------------------------------------------------- concurrency rule (pure)
 
 
@@ -392,3 +460,19 @@ def test_multi_worker_trials_are_packed_on_one_node() -> None:
     two = _scaling_config(resolve({"trainer": {"num_workers": 2, "use_gpu": True}}))
     assert two.placement_strategy == "STRICT_PACK" and two.num_workers == 2
     assert _scaling_config(resolve({})).placement_strategy == "PACK"
+
+
+def test_a_local_provider_cluster_takes_the_fixed_rule(tmp_path: Path) -> None:
+    """`ray up` with Ray's local provider (fixed machines) writes a bootstrap config whose one
+    node type states no resources: a sweep submitted there must plan by the live cluster, not
+    stop with "no worker node type states its resources"."""
+    from speakertune.search.cluster import load_autoscaler_limits
+
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump({
+        "provider": {"type": "local", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2"]},
+        "head_node_type": "local.cluster.node",
+        "available_node_types": {"local.cluster.node": {"node_config": {}, "resources": {},
+                                                        "min_workers": 1, "max_workers": 1}},
+    }))
+    assert load_autoscaler_limits(path) is None

@@ -14,7 +14,7 @@ from speakertune.config import ConfigError, resolve
 from speakertune.data.audio import fit_length, load_audio, load_audio_crop
 from speakertune.data.corpus import load_corpus
 from speakertune.frontend.banks import BankCache
-from speakertune.frontend.batch import frontend_mode
+from speakertune.frontend.batch import check_device, frontend_mode
 from speakertune.frontend.kaldi_batch import kaldi_batch
 from speakertune.frontend.pipeline import FrontEnd, stack_rows
 from speakertune.frontend.stream import build_train_dataset, worker_frontend
@@ -155,12 +155,18 @@ def test_frontend_device_values_and_the_gpu_error(tiny_corpus):
         frontend_mode(resolve(cfg, {"frontend.device": "tpu"}))
     with pytest.raises(ConfigError, match="needs trainer.use_gpu"):
         frontend_mode(resolve(cfg, {"frontend.device": "gpu"}))
-    if not torch.cuda.is_available():
-        gpu = resolve(cfg, {"frontend.device": "gpu", "trainer.use_gpu": True})
-        with pytest.raises(ConfigError, match="no CUDA device") as exc:
-            frontend_mode(gpu)
-        assert "\n" not in str(exc.value)
-        assert frontend_mode(resolve(cfg, {"trainer.use_gpu": True})) == "worker"  # auto
+    assert frontend_mode(resolve(cfg, {"trainer.use_gpu": True})) == "worker"  # auto
+    # gpu is the worker's to check: the driver on a CPU head (or an autoscaling cluster before
+    # its first GPU node) accepts it, and a worker without CUDA refuses it in one line
+    gpu = resolve(cfg, {"frontend.device": "gpu", "trainer.use_gpu": True})
+    assert frontend_mode(gpu) == "worker"
+    with pytest.raises(ConfigError, match=r"frontend\.device: gpu, but the train worker on "
+                                          r"\S+ has no CUDA device") as exc:
+        worker_frontend({"cfg": gpu, "noise_df": None, "rir_df": None,
+                         "storage_options": None}, torch.device("cpu"))
+    assert "\n" not in str(exc.value)
+    check_device(gpu, torch.device("cuda", 0))  # a CUDA worker passes
+    check_device(resolve(cfg, {"frontend.device": "worker"}), torch.device("cpu"))
 
 
 def test_bank_cache_evicts_least_recently_used_by_size():

@@ -18,6 +18,7 @@ A raw batch is a dict of columns (numpy or torch), ``B`` rows: ``wave`` int16 ``
 from __future__ import annotations
 
 import math
+import socket
 from typing import Any
 
 import numpy as np
@@ -44,26 +45,26 @@ PLAN_KEYS = ("speed", "rir", "snr", "noise_kind", "noise_idx", "noise_off", "mas
 
 def frontend_mode(cfg: dict[str, Any]) -> str:
     """``cpu`` (features in the Ray Data tasks) or ``worker`` (on the train worker's device) for
-    ``frontend.device``; ``gpu`` without a CUDA device in sight is a one-line ``ConfigError``."""
+    ``frontend.device``. Whether ``gpu`` has a GPU is for the worker to say (``check_device``):
+    the driver runs on a CPU head, and an autoscaling cluster has no GPU before its first
+    GPU node starts."""
     dev = str((cfg.get("frontend") or {}).get("device", "auto")).lower()
     use_gpu = bool(cfg["trainer"].get("use_gpu", False))
     if dev not in DEVICES:
         raise ConfigError(f"frontend.device: {dev!r} is not one of {', '.join(DEVICES)}")
-    if dev == "gpu":
-        if not use_gpu:
-            raise ConfigError("frontend.device: gpu needs trainer.use_gpu: true")
-        if not _cuda_in_sight():
-            raise ConfigError("frontend.device: gpu, but no CUDA device on this machine or Ray "
-                              "cluster (use auto, cpu or worker)")
+    if dev == "gpu" and not use_gpu:
+        raise ConfigError("frontend.device: gpu needs trainer.use_gpu: true")
     return "worker" if dev in ("worker", "gpu") or (dev == "auto" and use_gpu) else "cpu"
 
 
-def _cuda_in_sight() -> bool:
-    if torch.cuda.is_available():
-        return True
-    import ray
-
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+def check_device(cfg: dict[str, Any], device: torch.device) -> None:
+    """On the train worker: ``frontend.device: gpu`` where this worker has no CUDA device is a
+    one-line ``ConfigError`` naming the node (a broken driver, a CPU-only node)."""
+    dev = str((cfg.get("frontend") or {}).get("device", "auto")).lower()
+    if dev == "gpu" and device.type != "cuda":
+        raise ConfigError(f"frontend.device: gpu, but the train worker on {socket.gethostname()} "
+                          f"has no CUDA device (torch sees {torch.cuda.device_count()}; use "
+                          "auto, cpu or worker)")
 
 
 def _tensor(x: Any) -> torch.Tensor:

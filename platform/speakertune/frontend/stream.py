@@ -35,7 +35,7 @@ from speakertune.data.errors import DataError
 from speakertune.data.shards import decode_row, read_index
 from speakertune.data.storage import get_filesystem, join
 from speakertune.frontend.augment import Augmenter
-from speakertune.frontend.batch import BatchFrontEnd
+from speakertune.frontend.batch import BatchFrontEnd, check_device
 from speakertune.frontend.pipeline import FrontEnd, SkipReport, collate_random_crop, crop_frames
 
 
@@ -246,6 +246,7 @@ def build_train_dataset(
 def worker_frontend(spec: dict[str, Any], device: torch.device) -> BatchFrontEnd:
     """The train worker's batch front end from ``dataset.worker_frontend``."""
     cfg = spec["cfg"]
+    check_device(cfg, device)
     aug = Augmenter(cfg, spec["noise_df"], spec["rir_df"], 0, int(cfg["data"]["sample_rate"]),
                     spec["storage_options"])  # fmt: skip
     return BatchFrontEnd(cfg, aug, device)

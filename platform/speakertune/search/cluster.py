@@ -138,14 +138,24 @@ def autoscaler_limits(config: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def load_autoscaler_limits(path: str | Path) -> dict[str, float]:
-    """``autoscaler_limits`` of a config file; one-line ``ClusterError`` if it is unusable."""
+def fixed_nodes(config: dict[str, Any]) -> bool:
+    """Ray's ``local`` provider with listed ``worker_ips`` (no coordinator): fixed machines,
+    nothing to autoscale, and no resources in the config (each node's Ray detects its own)."""
+    provider = config.get("provider") or {}
+    return provider.get("type") == "local" and "coordinator_address" not in provider
+
+
+def load_autoscaler_limits(path: str | Path) -> dict[str, float] | None:
+    """``autoscaler_limits`` of a config file; None for fixed on-premise nodes (the fixed-cluster
+    rule applies); one-line ``ClusterError`` if it is unusable."""
     path = Path(path).expanduser()
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         why = " ".join(str(exc).split())  # YAML errors span lines: one line here
         raise ClusterError(f"{path}: cannot read the autoscaler config ({why})") from None
+    if isinstance(config, dict) and fixed_nodes(config):
+        return None
     if not isinstance(config, dict) or not config.get("available_node_types"):
         raise ClusterError(f"{path}: not a Ray autoscaler config (no available_node_types)")
     head = config.get("head_node_type")
@@ -203,7 +213,9 @@ def cluster_concurrency(
     limit = load_autoscaler_limits(config_path) if config_path else None
     head = head_node_memory()
     n, line = plan_concurrency(need, ray.cluster_resources(), cap, limit, num_samples, head)
-    log(line + (f" (config {config_path})" if config_path else ""))
+    if config_path:
+        line += f" (config {config_path}" + ("" if limit else ": local provider, fixed nodes") + ")"
+    log(line)
     return n, limit is not None, trial_head_memory(head)
 
 

@@ -10,10 +10,12 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+import speakertune
 from speakertune.config import get_dotted
 from speakertune.data import storage
 from speakertune.quiet import VERBOSE_ENV, job_env, silence_ray
@@ -73,13 +75,17 @@ def ray_init_kwargs(
     listens on loopback only (it has no authentication: never expose it on 0.0.0.0).
     ``dashboard=False``: none (a one-off job, or the fallback when it cannot start; still
     bound to loopback, in case Ray starts parts of it anyway). The job's environment carries
-    the ``verbose`` choice to every Ray worker process (``speakertune.quiet``)."""
+    the ``verbose`` choice to every Ray worker process (``speakertune.quiet``) and, on a
+    cluster it joins, the driver's own ``speakertune`` package (``py_modules``)."""
     kwargs: dict[str, Any] = {
         "dashboard_host": "127.0.0.1",
         "runtime_env": {"env_vars": job_env(verbose, local=not address)},
     }
     if address:
         kwargs["address"] = address
+        # every worker of the job imports the driver's speakertune, not the copy each node
+        # installed at `ray up` time (a job submitted from an edited checkout would run both)
+        kwargs["runtime_env"]["py_modules"] = [str(Path(speakertune.__file__).parent)]
     elif dashboard:
         kwargs.update(include_dashboard=True, dashboard_port=LOCAL_DASHBOARD_PORT)
     else:
@@ -352,3 +358,24 @@ class FinishedTrialLine(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"[sweep] trial {trial} ({trial.trial_id}) FAILED (see {trial.error_file})",
               flush=True)  # fmt: skip
+
+
+def on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """``fn(*args)`` once on every live node of the connected cluster (a zero-CPU task pinned
+    to each); a node that fails or leaves meanwhile is logged and left out. Nothing without Ray.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized():
+        return []
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], False)
+                         ).remote(*args) for n in ray.nodes() if n.get("Alive")]  # fmt: skip
+    out = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref, timeout=120))
+        except Exception as exc:  # noqa: BLE001 - a lost node: the others still count
+            log.warning("%s on a node failed: %s", getattr(fn, "__name__", fn), exc)
+    return out

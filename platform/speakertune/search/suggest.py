@@ -85,7 +85,7 @@ def check_builds(space: SearchSpace, samples: int = 4, seed: int = 0) -> int:
         try:
             cfg = absolute_paths(space.trial_config(flat))  # as every trial gets it
             check_config(cfg)
-            frontend_mode(cfg)  # frontend.device: a known value; gpu only where CUDA is
+            frontend_mode(cfg)  # frontend.device: a known value (a GPU is the worker's to check)
             dry_step(cfg, seed)
         except (ConfigError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise SpaceError(f"{space.source}: {_first_line(exc)} (with {flat})") from None
