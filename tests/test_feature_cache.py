@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,3 +89,22 @@ def test_concurrent_writers_and_a_corrupt_file(table, tmp_path):
     assert not hit
     _same(got, again)
     assert cached_features(table, CFG, cache, max_seconds=1.5)[1]
+
+
+def test_object_store_sweeps_cache_on_each_node_and_clear_every_node(ray_local, tmp_path,
+                                                                       monkeypatch):
+    """With s3:// storage the trials run on many nodes: each node keeps the sweep's features in
+    its own temp dir (one folder per sweep), and the sweep's end clears it on every node."""
+    from speakertune.scoring.feature_cache import clear_cache, sweep_cache_dir
+    from speakertune.search.ray_runtime import on_every_node
+
+    assert sweep_cache_dir("/r/s/train_runs") == "/r/s/train_runs/.feature_cache"
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    one, two = sweep_cache_dir("s3://b/p/s1/train_runs"), sweep_cache_dir("s3://b/p/s2/train_runs")
+    assert one != two and one.startswith(str(tmp_path)) and "://" not in one
+    assert sweep_cache_dir("s3://b/p/s1/train_runs") == one  # every node derives the same path
+    Path(one).mkdir(parents=True)
+    (Path(one) / "a.pt").write_bytes(b"x" * 1000)
+    nodes = sum(1 for n in ray_local.nodes() if n["Alive"])
+    freed = on_every_node(clear_cache, one)  # the session Ray: one node, this machine
+    assert len(freed) == nodes and sum(freed) == 1000 and not Path(one).exists()

@@ -234,6 +234,7 @@ def test_ray_up_to_a_finished_sweep(node, s3_server, tiny_corpus, tmp_path):
     assert [c.split()[1] for c, _ in ran if c.startswith("ray ")][:2] == ["get-auth-token", "up"]
     job = next(run.stdout for c, run in ran if "ray job submit" in c)
     assert "[fixed rule]" in job and "local provider, fixed nodes" in job
+    assert "validation feature cache removed" in job  # node-local with s3:// storage
     # rsync: the package's data/ kept (an unanchored exclude dropped it), .git not copied
     assert (home / "speakertune" / "platform" / "speakertune" / "data").is_dir()
     assert not (home / "speakertune" / ".git").exists()

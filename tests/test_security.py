@@ -185,6 +185,31 @@ def test_secret_never_reaches_logs_output_or_files(s3_server, s3_secret_corpus, 
         assert secret not in channel
 
 
+def test_no_secret_in_ray_trains_run_state(ray_local, s3_server, s3_secret_corpus, tmp_path,
+                                           monkeypatch):
+    """Ray Train keeps ``train_loop_config`` in its run state, which the dashboard serves at
+    /api/train/v2/runs (with Ray's Train dashboard on): the credentials of ``data.storage``
+    must not be there, and the workers (with no AWS variables of their own) must still read
+    the corpus with them."""
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+    from speakertune.train import driver
+    from test_trainer import tiny_cfg
+
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the Train dashboard's switch
+    secret = s3_server.secret_key
+    cfg = tiny_cfg(Path("unused"), epochs=1, num_workers=1, cpus_per_worker=1, plda_utts=6)
+    cfg["data"] = {"corpus": "manifest", "manifest": f"{s3_secret_corpus}/manifest.parquet",
+                   "storage": s3_server.storage_options, "val_speakers": 2, "val_trials": 30}
+    out = driver.train(cfg, storage_path=str(tmp_path / "runs"), name="sealed")
+    assert out["history"][0]["skipped_utterances"] == 0 and 0 <= out["val_eer"] <= 1
+    runs = ray_local.get(get_state_actor().get_train_runs.remote())
+    state = [r.model_dump_json() for r in runs.values() if r.name == "sealed"]
+    assert len(state) == 1 and "storage_options" in state[0]
+    assert secret not in state[0] and s3_server.access_key not in state[0]
+    for path in (tmp_path / "runs").rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
 def test_masked_storage_options_fall_back_to_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFROMENV")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")

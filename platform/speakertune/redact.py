@@ -117,6 +117,21 @@ def _redact(obj: Any) -> Any:
     return obj
 
 
+def split_secrets(options: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(options with secret-key values masked, those values)``.
+
+    >>> split_secrets({"region": "eu-west-1", "secret_key": "abc123"})
+    ({'region': 'eu-west-1', 'secret_key': '***'}, {'secret_key': 'abc123'})
+    """
+    public, secret = {}, {}
+    for k, v in (options or {}).items():
+        if is_secret_key(k) and v not in (None, "", MASK):
+            public[k], secret[k] = MASK, v
+        else:
+            public[k] = v
+    return public, secret
+
+
 def without_masked(options: dict[str, Any] | None) -> dict[str, Any]:
     """``options`` minus masked values, so a config read back from a checkpoint falls back to
     credentials from the environment instead of sending ``***`` as a key."""

@@ -19,17 +19,33 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from speakertune.data.storage import written_aside
+from speakertune.data.storage import has_scheme, written_aside
 from speakertune.scoring.embed import Features, load_features
 
 log = logging.getLogger(__name__)
 CACHE_DIR = ".feature_cache"  # its folder's name under a sweep's train_runs/
+NODE_CACHE = "speakertune-feature-cache"  # under each node's temp dir, for object-store sweeps
+
+
+def sweep_cache_dir(train_root: str) -> str:
+    """Where a sweep's trials share validation features: beside the runs for local storage;
+    for ``s3://`` storage (trials on many nodes) in each node's own temp dir, one folder per
+    sweep. The files are content-keyed, so every node's copy is right for every trial.
+
+    >>> sweep_cache_dir("runs/s/train_runs")
+    'runs/s/train_runs/.feature_cache'
+    """
+    if not has_scheme(train_root):
+        return os.path.join(train_root, CACHE_DIR)
+    key = hashlib.sha1(train_root.encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), NODE_CACHE, key)
 
 
 def _file_stamp(uri: str) -> list[int] | None:

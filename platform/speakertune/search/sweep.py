@@ -32,7 +32,7 @@ from typing import Any
 from speakertune.config import trial_config
 from speakertune.data.paths import absolute_paths
 from speakertune.data.storage import has_scheme, join
-from speakertune.scoring.feature_cache import CACHE_DIR, clear_cache
+from speakertune.scoring.feature_cache import clear_cache, sweep_cache_dir
 from speakertune.search.cluster import (
     HEAD_NODE_RESOURCE,
     HEAD_NODE_SHARE,
@@ -55,6 +55,7 @@ from speakertune.search.ray_runtime import (
     RayConnectError,
     TrialNamer,
     init_ray,
+    on_every_node,
 )
 from speakertune.search.report import SweepResult, records_from_results, write_report
 from speakertune.search.space import SearchSpace
@@ -202,9 +203,9 @@ def _trainable(
         "base": base,
         "components": space.components,
         "train_root": train_root,
-        # validation features shared by the trials (local storage only: S3 trials may run on
-        # several nodes), removed when the sweep ends
-        "feature_cache": None if has_scheme(train_root) else join(train_root, CACHE_DIR),
+        # validation features shared by the trials (node-local for S3 storage), removed when
+        # the sweep ends
+        "feature_cache": sweep_cache_dir(train_root),
         "factory": factory,
         "cwd": str(Path.cwd()),
         "max_failures": max_failures,
@@ -349,9 +350,9 @@ def _after_report(space: SearchSpace, result: SweepResult, exp_path: str, report
     if space.finetune and space.finetune["top_k"]:
         result.files.update(finetune_top(result.leaderboard, space.finetune,
                                          report_dir=report_dir, storage_path=exp_path, log=log))
-    if not has_scheme(train_root):
-        freed = clear_cache(join(train_root, CACHE_DIR))
-        if freed:
-            log(f"validation feature cache removed ({freed / 2**20:.1f} MB)")
+    cache = sweep_cache_dir(train_root)
+    freed = sum(on_every_node(clear_cache, cache)) if has_scheme(train_root) else clear_cache(cache)
+    if freed:
+        log(f"validation feature cache removed ({freed / 2**20:.1f} MB)")
     fast = " --load_fast=false" if has_scheme(train_root) else ""  # its fast loader skips S3
     log(f"TensorBoard: tensorboard{fast} --logdir {train_root}")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from speakertune.config import DEFAULTS, deep_merge
 from speakertune.quiet import train_log_level
+from speakertune.train import credentials
 from speakertune.train.preflight import build_parts, check_config
 from speakertune.train.progress import read_history
 from speakertune.train.worker import train_loop_per_worker
@@ -137,6 +138,7 @@ def make_trainer(
     meta["feature_cache"] = feature_cache
     meta["storage_uri"] = f"{storage_path.rstrip('/')}/{name}"
     meta["metric_tags"] = metric_tags or {"sweep": "-", "trial": name}
+    cfg, meta = credentials.seal(cfg, meta)  # Train's run state (served) keeps the config
     run_config = RunConfig(
         name=name,
         storage_path=storage_path,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from speakertune.metric_keys import REPORTED
+from speakertune.train import credentials
 from speakertune.train.distributed import Dist
 from speakertune.train.loop import SpeakerNet, epoch_batches, run_epoch, steps_per_epoch
 from speakertune.train.metrics import export_epoch
@@ -85,7 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     install_redaction()  # worker processes have their own log handlers
     silence_train_worker()  # Ray's deprecations and INFO lines, unless the sweep is --verbose
-    w = _build(config["cfg"], config["meta"])
+    w = _build(*credentials.unseal(config["cfg"], config["meta"]))
     start_epoch = resume(w)
     w.model = _prepare_ddp(w.net)
     cache = _load_validation_cache(w)
@@ -131,7 +132,7 @@ def _build(cfg: dict[str, Any], meta: dict[str, Any]) -> _Worker:
     loss = build_loss(cfg["loss"], int(cfg["embed_dim"]), meta["num_classes"])
     net = SpeakerNet(encoder, loss).to(device)
     steps = steps_per_epoch(cfg, meta, world, bool(getattr(loss, "end_to_end", False)))
-    optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
+    optimizer = build_optimizer(net, cfg["optimizer"])
     scheduler = build_scheduler(optimizer, cfg["scheduler"], epochs=int(t["epochs"]),
                                 steps_per_epoch=steps)
     amp = resolve_amp(t["amp"], device)
