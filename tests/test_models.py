@@ -14,6 +14,7 @@ from speakertune.cli import main as cli_main
 from speakertune.config import ConfigError
 from speakertune.models import apply_constraints, build_encoder, count_parameters
 from speakertune.models.ftdnn import SemiOrthogonalConv1d
+from speakertune.models.ssl_backends import TINY as SSL_TINY
 from speakertune.registry import UnknownComponentError
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
@@ -39,6 +40,10 @@ SMALL = {
     "simam_resnet34": {"base_channels": 4},
     "simam_resnet100": {"base_channels": 4},
     "redimnet": {"size": "b0", "channels": 2, "stages": [[1, 1, 2, 5], [2, 1, 1, 5]]},
+    # raw-audio encoders (feat_dim is the hop): a 2-layer random WavLM, every weight training
+    "ssl_ecapa": {**SSL_TINY, "finetune": "full", "channels": 16, "mfa_channels": 24,
+                  "se_channels": 8, "scale": 4},
+    "ssl_mhfa": {**SSL_TINY, "finetune": "full", "heads": 2, "compression": 8},
 }
 FEAT_DIM, EMBED_DIM = 20, 12
 

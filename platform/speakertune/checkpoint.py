@@ -197,7 +197,10 @@ def load_checkpoint(
     for key in ("model", "pooling", "embed_dim"):
         if key not in cfg:
             raise CheckpointError(f"{path / 'config.yaml'}: no field {key!r}")
-    encoder = build_encoder(cfg["model"], cfg["pooling"], int(model["feat_dim"]), cfg["embed_dim"])
+    # Every weight is in the checkpoint: an SSL encoder's pretrained file need not exist here.
+    arch = cfg["model"]
+    arch = {k: v for k, v in arch.items() if k != "weights"} if isinstance(arch, dict) else arch
+    encoder = build_encoder(arch, cfg["pooling"], int(model["feat_dim"]), cfg["embed_dim"])
     try:
         encoder.load_state_dict(model["encoder"])
     except RuntimeError as exc:

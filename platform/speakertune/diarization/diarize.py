@@ -241,7 +241,8 @@ def embed_recording(
         return Diarization([], speech, windows, np.zeros(0, int), np.zeros((0, 0)), info)
     extract, shift = feature_fn(cfg)
     feats = extract(wave, sample_rate).float()
-    cmn = bool((cfg.get("features") or {}).get("cmn", True))
+    fcfg = cfg.get("features") or {}
+    cmn = bool(fcfg.get("cmn", True)) and fcfg.get("name") != "waveform"  # samples: no CMN
     emb = embed_windows(encoder, feats, windows, shift, batch_size=dcfg.batch_size, cmn=cmn)
     return Diarization([], speech, windows, np.zeros(len(windows), int), emb, info)
 

@@ -109,6 +109,9 @@ def explain_files(
     readable is an error. Returns the summary lines."""
     out = Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
+    if getattr(getattr(ckpt.encoder, "frame_level", None), "wants_waveform", False):
+        raise ExplainError(f"model {ckpt.cfg['model']['name']!r} takes raw audio: explanation "
+                           "maps are over time x frequency features and do not apply to it")
     enc, feats_of = ckpt.encoder.eval(), _features_of(ckpt)
     head = _classifier(ckpt, enroll)
     enroll_emb = None

@@ -27,7 +27,7 @@ def frontend_spec(cfg: dict[str, Any], feat_dim: int) -> dict[str, Any]:
         "sample_rate": int(cfg["data"]["sample_rate"]),
         "preprocess": cfg.get("preprocess") or {},
         "features": {"name": name, **feature.kwargs},
-        "reference": f"torchaudio.compliance.kaldi.{name}",
+        "reference": getattr(feature, "reference", f"torchaudio.compliance.kaldi.{name}"),
         "int16_scale": feature.int16_scale,  # waveform in [-1, 1] is multiplied by 32768 first
         "cmn": feature.cmn,  # per-utterance mean over frames subtracted from every frame
         "feat_dim": int(feat_dim),

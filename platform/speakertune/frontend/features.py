@@ -1,4 +1,5 @@
-"""Acoustic features chosen by name: Kaldi-compatible fbank, MFCC and spectrogram.
+"""Acoustic features chosen by name: Kaldi-compatible fbank, MFCC and spectrogram, and the
+raw waveform (framed) for self-supervised encoders.
 
 All three compute ``torchaudio.compliance.kaldi``'s arithmetic over batches (kaldi_batch.py) so
 that features match Kaldi recipes, one waveform or a device batch at a time. Builders take the
@@ -125,6 +126,53 @@ class Spectrogram(KaldiFeature):
         return window // 2 + 1
 
 
+@FEATURES.register("waveform")
+class Waveform:
+    """Raw samples for the self-supervised encoders (``ssl_ecapa``, ``ssl_mhfa``): the waveform
+    in [-1, 1] cut into frames of one hop (``frame_shift``, 160 samples at 16 kHz), no overlap.
+
+    It frames as fbank does (a ``frame_length`` window every ``frame_shift``, Kaldi's
+    snip_edges) and keeps each frame's first hop of samples, so crops, padding, caches and
+    frame counts mean what they mean for fbank (the last window - hop samples are dropped).
+    Normalisation is the encoder's (per the SSL model), not done here.
+
+    >>> Waveform().batch(torch.zeros(2, 16000), 16000).shape
+    torch.Size([2, 98, 160])
+    """
+
+    int16_scale = False  # what ``export.frontend_spec`` records
+    cmn = False
+    reference = "samples in [-1, 1], frame i = samples [i * hop, (i + 1) * hop)"
+
+    def __init__(self, frame_length: float = 25.0, frame_shift: float = 10.0,
+                 num_mel_bins: int | None = None, dither: float = 0.0, cmn: bool = False) -> None:
+        # num_mel_bins, dither and cmn are accepted (unused) so that switching
+        # `features.name` alone works from the default config.
+        if not 0 < frame_shift <= frame_length:
+            raise FeatureError("features.frame_shift: need 0 < frame_shift <= frame_length")
+        self.kwargs = {"frame_length": float(frame_length), "frame_shift": float(frame_shift)}
+
+    def __call__(
+        self, wave: torch.Tensor, sample_rate: int, name: str = "<waveform>"
+    ) -> torch.Tensor:
+        wave = torch.as_tensor(wave, dtype=torch.float32)
+        if wave.dim() != 1:
+            raise FeatureError(f"{name}: expected a mono waveform [T], got {tuple(wave.shape)}")
+        return self.batch(wave.unsqueeze(0), sample_rate, name)[0]
+
+    def batch(
+        self, waves: torch.Tensor, sample_rate: int, name: str = "<batch>"
+    ) -> torch.Tensor:
+        frames = num_frames(waves.shape[-1], sample_rate, self.kwargs)
+        if frames < 1:
+            raise FeatureError(f"{name}: {waves.shape[-1]} samples is shorter than one frame")
+        hop = self.dim(sample_rate)
+        return waves[:, : frames * hop].float().reshape(waves.shape[0], frames, hop)
+
+    def dim(self, sample_rate: int) -> int:
+        return int(sample_rate * self.kwargs["frame_shift"] / 1000)
+
+
 def _split(cfg: dict[str, Any]) -> tuple[dict[str, Any], int]:
     """Accept a whole trial config or just its ``features`` section."""
     if "features" in cfg:
@@ -132,7 +180,7 @@ def _split(cfg: dict[str, Any]) -> tuple[dict[str, Any], int]:
     return dict(cfg), 16000
 
 
-def build_feature(cfg: dict[str, Any]) -> KaldiFeature:
+def build_feature(cfg: dict[str, Any]) -> KaldiFeature | Waveform:
     """The feature extractor named by ``cfg`` (trial config or its ``features`` section)."""
     feat_cfg, _ = _split(cfg)
     return FEATURES.build(feat_cfg)

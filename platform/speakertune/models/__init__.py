@@ -25,6 +25,7 @@ from speakertune.models import (  # noqa: F401  (imported to register the encode
     rescnn,
     resnet,
     simam_resnet,
+    ssl_backends,
     tdnn,
 )
 from speakertune.models.cost import count_macs, count_parameters
@@ -57,12 +58,27 @@ class SpeakerEncoder(nn.Module):
         return self.embedding(self.pooling(self.frame_level(feats)))
 
 
+class PooledAlready(nn.Module):
+    """The pooling of a frame level network that pools by itself (its output is [B, dim])."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def build_encoder(model_cfg: dict[str, Any] | str, pooling_cfg: dict[str, Any] | str,
                   feat_dim: int, embed_dim: int) -> SpeakerEncoder:
     """Build e.g. ``({"name": "ecapa_tdnn", "channels": 512}, {"name": "attentive_stats"},
     80, 192)``. Unknown names/options raise a one-line error naming the config field."""
     frame_level = build_checked(MODELS, model_cfg, "model", feat_dim=feat_dim)
-    pooling = build_checked(POOLINGS, pooling_cfg, "pooling", in_channels=frame_level.out_channels)
+    if getattr(frame_level, "pools_itself", False):  # e.g. ssl_mhfa: ``pooling`` is unused
+        pooling: nn.Module = PooledAlready(frame_level.out_channels)
+    else:
+        pooling = build_checked(POOLINGS, pooling_cfg, "pooling",
+                                in_channels=frame_level.out_channels)
     return SpeakerEncoder(frame_level, pooling, feat_dim, embed_dim)
 
 

@@ -7,10 +7,12 @@ state dicts checkpoint and resume like any other.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim import lr_scheduler
 
 from speakertune.config import ConfigError
@@ -19,13 +21,34 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 
 
+def param_groups(model: nn.Module | Iterable[nn.Parameter], lr: float) -> list[dict[str, Any]]:
+    """The optimiser's groups: trainable parameters only (frozen ones never enter it), and a
+    group of its own at ``lr_scale`` x ``lr`` for each ``(params, lr_scale)`` that a submodule's
+    ``param_groups()`` gives (a self-supervised encoder trains its SSL layers slower)."""
+    if not isinstance(model, nn.Module):
+        return [{"params": [p for p in model if p.requires_grad], "lr": lr, "lr_scale": 1.0}]
+    claimed: set[int] = set()
+    scaled = []
+    for module in model.modules():
+        groups = getattr(module, "param_groups", None)
+        for params, scale in groups() if callable(groups) else []:
+            params = [p for p in params if p.requires_grad and id(p) not in claimed]
+            claimed.update(id(p) for p in params)
+            if params:
+                scaled.append({"params": params, "lr": lr * float(scale), "lr_scale": float(scale)})
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+    return [{"params": rest, "lr": lr, "lr_scale": 1.0}, *scaled]
+
+
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: dict[str, Any]
+    model: nn.Module | Iterable[nn.Parameter], cfg: dict[str, Any]
 ) -> torch.optim.Optimizer:
-    """``cfg`` is the ``optimizer`` section: name, lr, weight_decay, momentum (SGD), nesterov."""
+    """``cfg`` is the ``optimizer`` section: name, lr, weight_decay, momentum (SGD), nesterov.
+    ``model`` is a module (its ``param_groups()`` honoured) or an iterable of parameters."""
     name = str(cfg.get("name", "adam")).lower()
     lr = float(cfg.get("lr", 1e-3))
     wd = float(cfg.get("weight_decay", 0.0))
+    params = param_groups(model, lr)
     if name == "sgd":
         momentum = float(cfg.get("momentum", 0.9))
         nesterov = bool(cfg.get("nesterov", False)) and momentum > 0
@@ -35,6 +58,25 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     raise ConfigError(f"optimizer.name: unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+class GroupCosine(lr_scheduler.CosineAnnealingLR):
+    """Cosine annealing down to ``floor`` x each group's own initial lr (torch's takes one
+    ``eta_min`` for all groups: a group at ``lr_scale`` < ``floor`` would rise, not decay)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, T_max: int, floor: float) -> None:
+        self.floor = float(floor)
+        super().__init__(optimizer, T_max=T_max)
+
+    def _closed_form(self) -> list[float]:
+        c = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+        return [base * (self.floor + (1 - self.floor) * c) for base in self.base_lrs]
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return self._closed_form()
+
+    def _get_closed_form_lr(self) -> list[float]:  # type: ignore[override]
+        return self._closed_form()
 
 
 def build_scheduler(
@@ -60,8 +102,7 @@ def build_scheduler(
     rest = total - warmup
     if name == "cosine":
         floor = float(cfg.get("min_lr_ratio", 0.01))
-        eta_min = [g["lr"] * floor for g in optimizer.param_groups][0]
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, rest), eta_min=eta_min)
+        main = GroupCosine(optimizer, T_max=max(1, rest), floor=floor)
     elif name == "step":
         step = max(1, int(round(float(cfg.get("step_epochs", 1)) * steps_per_epoch)))
         main = lr_scheduler.StepLR(optimizer, step_size=step, gamma=float(cfg.get("gamma", 0.5)))

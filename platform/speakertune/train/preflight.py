@@ -27,6 +27,7 @@ from speakertune.frontend.features import feature_dim
 from speakertune.frontend.pipeline import FrontEnd, collate_random_crop, crop_frames
 from speakertune.losses import build_loss
 from speakertune.models import build_encoder
+from speakertune.models.ssl_backends import check_waveform_input
 from speakertune.scoring.verification import check_val_backend
 from speakertune.train.distributed import Dist
 from speakertune.train.loop import SpeakerNet, run_epoch
@@ -46,6 +47,7 @@ def check_config(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"trainer.{key}: must be >= 1, got {t[key]}")
     check_val_backend(t["val_backend"])
     check_data_keys(full["data"])
+    check_waveform_input(full)
     if math.isnan(float(t["grad_clip"] or 0)):  # None means no clipping
         raise ConfigError("trainer.grad_clip: must be a number")
     try:
@@ -61,7 +63,7 @@ def build_parts(cfg: dict[str, Any], feat_dim: int, num_classes: int, *, steps_p
     dim = int(cfg["embed_dim"])
     net = SpeakerNet(build_encoder(cfg["model"], cfg["pooling"], feat_dim, dim),
                      build_loss(cfg["loss"], dim, num_classes)).to(device)  # fmt: skip
-    optimizer = build_optimizer(net.parameters(), cfg["optimizer"])
+    optimizer = build_optimizer(net, cfg["optimizer"])
     scheduler = build_scheduler(optimizer, cfg["scheduler"], epochs=int(cfg["trainer"]["epochs"]),
                                 steps_per_epoch=steps_per_epoch)  # fmt: skip
     return net, optimizer, scheduler, resolve_amp(cfg["trainer"]["amp"], device)
