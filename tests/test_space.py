@@ -274,6 +274,35 @@ def test_sampled_component_replaces_base_section() -> None:
     }
 
 
+def test_a_components_recipe_applies_when_picked_and_is_its_first_trial() -> None:
+    """components.<section>.<name>.recipe: the published recipe of that component, applied
+    whenever it is picked, under the sampled values; its cover trial takes the recipe's values
+    for the searched parameters it sets (inside their ranges)."""
+    raw = _mutate("params/model.name", {"choice": ["ecapa_tdnn", "tdnn"]})
+    raw["search"]["cover"] = ["model.name"]
+    raw["components"]["model"]["tdnn"]["recipe"] = {
+        "embed_dim": 512, "loss": {"name": "am_softmax", "margin": 0.25, "scale": 30.0},
+        "optimizer": {"lr": 0.004, "weight_decay": 3.0e-5}}
+    s = _parse(raw)
+    cfg = s.trial_config({"model.name": "tdnn"})
+    assert cfg["model"] == {"name": "tdnn", "channels": 32}  # the recipe is not a kwarg
+    assert cfg["embed_dim"] == 512 and cfg["optimizer"]["weight_decay"] == 3.0e-5
+    assert cfg["loss"] == {"name": "am_softmax", "margin": 0.25, "scale": 30.0}
+    sampled = s.trial_config({"model.name": "tdnn", "loss.name": "softmax", "optimizer.lr": 0.01})
+    assert sampled["loss"]["name"] == "softmax" and "margin" not in sampled["loss"]
+    assert sampled["optimizer"]["lr"] == 0.01 and sampled["embed_dim"] == 512
+    ecapa = s.trial_config({"model.name": "ecapa_tdnn"})
+    assert ecapa["embed_dim"] != 512 and ecapa["optimizer"]["weight_decay"] != 3.0e-5
+    assert suggest.cover_points(s) == [
+        {"model.name": "ecapa_tdnn"},
+        {"model.name": "tdnn", "loss.name": "am_softmax", "loss.margin": 0.25,
+         "optimizer.lr": 0.004}]
+    bad = copy.deepcopy(raw)
+    bad["components"]["model"]["tdnn"]["recipe"] = {"trainer": {"epochs": 9}}
+    with pytest.raises(sp.SpaceError, match=r"components.model.tdnn.recipe.trainer: unknown key"):
+        _parse(bad)
+
+
 def test_space_roundtrips_through_yaml(tmp_path: Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(copy.deepcopy(GOOD)))

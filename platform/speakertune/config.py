@@ -237,22 +237,35 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# A component's published recipe: config sections applied whenever it is picked (components:
+# model: {campplus: {recipe: {loss: ..., optimizer: ...}}}), under the sampled values.
+RECIPE = "recipe"
+RECIPE_KEYS = ("embed_dim", "features", "pooling", "loss", "optimizer", "scheduler", "augment")
+
+
 def trial_config(
     base: dict[str, Any],
     flat: dict[str, Any],
     components: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """DEFAULTS <- base <- per-component kwargs <- sampled dotted values.
+    """DEFAULTS <- base <- picked components' recipes <- per-component kwargs <- sampled values.
 
     A sampled ``<component>.name`` that differs from the base replaces that component's dict
     (``config.set_names``), so that e.g. a default margin never rides on plain softmax.
     """
     cfg = resolve(base)
+    for section, by_name in (components or {}).items():
+        node = cfg.get(section)
+        picked = flat.get(f"{section}.name", node.get("name") if isinstance(node, dict) else None)
+        recipe = (by_name.get(picked) or {}).get(RECIPE)
+        if recipe:
+            cfg = deep_merge(cfg, recipe)  # a recipe's other loss replaces the base's whole
     rest = set_names(cfg, flat)
     for section, by_name in (components or {}).items():
         node = cfg[section]
         if isinstance(node, dict) and node["name"] in by_name:
-            cfg[section] = {**node, **copy.deepcopy(by_name[node["name"]]), "name": node["name"]}
+            kwargs = {k: v for k, v in by_name[node["name"]].items() if k != RECIPE}
+            cfg[section] = {**node, **copy.deepcopy(kwargs), "name": node["name"]}
     for path, value in rest.items():
         set_dotted(cfg, path, copy.deepcopy(value))
     return cfg

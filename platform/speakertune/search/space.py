@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speakertune.config import DEFAULTS, ConfigError, deep_merge, load_yaml, trial_config
+from speakertune.config import (
+    DEFAULTS,
+    RECIPE,
+    RECIPE_KEYS,
+    ConfigError,
+    deep_merge,
+    load_yaml,
+    trial_config,
+)
 from speakertune.metric_keys import RANKABLE
 from speakertune.search.finetune import finetune_settings
 from speakertune.search.objectives import objective_error
@@ -295,6 +303,11 @@ def _parse_components(source: str, raw: Any) -> dict[str, dict[str, dict[str, An
             check_component(source, f"{key}.{name}", section, name)
             if not isinstance(kwargs, dict) or "name" in kwargs:
                 raise fail(source, f"{key}.{name}", "must be a mapping of keyword arguments")
+            recipe = kwargs.get(RECIPE, {})
+            if not isinstance(recipe, dict):
+                raise fail(source, f"{key}.{name}.{RECIPE}", "must be a mapping of config "
+                           f"sections ({', '.join(RECIPE_KEYS)})")
+            _reject_unknown(source, f"{key}.{name}.{RECIPE}", recipe, RECIPE_KEYS)
     return raw
 
 

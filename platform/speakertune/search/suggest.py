@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from speakertune.config import ConfigError
+from speakertune.config import RECIPE, ConfigError, get_dotted
 from speakertune.data.paths import absolute_paths
 from speakertune.frontend.batch import frontend_mode
 from speakertune.search.space import Param, SearchSpace, SpaceError
@@ -40,9 +40,37 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
 
 
 def cover_points(space: SearchSpace) -> list[dict[str, Any]]:
-    """``search.cover``: one first trial per value of each listed choice parameter (the others
-    sampled as usual), so every architecture or loss is trained once before TPE narrows in."""
-    return [{path: v} for path in space.search["cover"] for v in space.params[path].args]
+    """``search.cover``: one first trial per value of each listed choice parameter, so every
+    architecture or loss is trained once before TPE narrows in. The others are sampled as
+    usual, except those the value's recipe sets (``components``): that first trial is the
+    published recipe.
+
+    >>> from speakertune.search.space import parse_space
+    >>> space = parse_space({"components": {"loss": {"aam_softmax": {"recipe": {
+    ...     "loss": {"margin": 0.2}}}}}, "params": {
+    ...     "loss.name": {"choice": ["softmax", "aam_softmax"]},
+    ...     "loss.margin": {"uniform": [0.1, 0.4]}}, "search": {"cover": ["loss.name"]}}, "s")
+    >>> cover_points(space)
+    [{'loss.name': 'softmax'}, {'loss.name': 'aam_softmax', 'loss.margin': 0.2}]
+    """
+    points = []
+    for path in space.search["cover"]:
+        section = path[: -len(".name")] if path.endswith(".name") else None
+        for v in space.params[path].args:
+            point = {path: v}
+            recipe = (space.components.get(section, {}).get(v) or {}).get(RECIPE) or {}
+            for p in space.params.values():
+                value = get_dotted(recipe, p.path)
+                if p.path != path and value is not None and _in_domain(p, value):
+                    point[p.path] = value
+            points.append(point)
+    return points
+
+
+def _in_domain(p: Param, value: Any) -> bool:
+    if p.kind == "choice":
+        return value in p.args
+    return isinstance(value, (int, float)) and p.args[0] <= value <= p.args[1]
 
 
 class SpaceSampler:
