@@ -26,7 +26,14 @@ SMALL: dict[str, dict[str, Any]] = {
     "rescnn": {"channels": [4, 8, 8, 16]},
     "lstm": {"hidden": 32, "proj": 16, "layers": 1},
     "attention_lstm": {"hidden": 32, "proj": 16, "layers": 1, "heads": 2},
-    **{f"resnet{n}": {"base_channels": 4} for n in (10, 18, 34, 50, 101)},
+    **{f"resnet{n}": {"base_channels": 4} for n in (10, 18, 34, 50, 101, 221)},
+    "ecapa_tdnn_c1024": {"channels": 16, "mfa_channels": 48, "se_channels": 8, "scale": 4},
+    "campplus": {"front_channels": 4, "channels": 16, "growth": 8, "bn_size": 2,
+                 "block_layers": [1, 1, 1]},
+    "eres2netv2": {"channels": 4, "blocks": [1, 1, 1, 1]},
+    "simam_resnet34": {"base_channels": 4},
+    # 8 channels: every preset's block type and group divisor (b1's is 8) still fits
+    "redimnet": {"channels": 8, "stages": [[1, 1, 1, 4], [2, 1, 1, 4]]},
 }
 TRAINER = {"epochs": 1, "batch_size": 8, "plda_utts": 16, "val_max_seconds": 1.0,
            "e2e_speakers": 3}  # fmt: skip

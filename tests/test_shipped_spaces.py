@@ -6,6 +6,7 @@ per covered value with a dev EER. ecapa_losses also runs on a corpus prepared by
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def _covered(board: pd.DataFrame, space: dict) -> None:
         assert {s.get(path) for s in sampled} == want, (path, board.to_string())
 
 
-@pytest.mark.parametrize("name", ["ecapa_losses", "architectures", "end_to_end", "pareto"])
+@pytest.mark.parametrize("name", ["ecapa_losses", "architectures", "end_to_end", "pareto",
+                                  "contenders", "small_fast"])
 def test_shipped_space_trains(name, corpus8, tmp_path) -> None:
     board, space = _run(name, {**SYNTH, "root": str(corpus8)}, tmp_path)
     _covered(board, space)
@@ -103,6 +105,26 @@ def test_ecapa_losses_on_a_prepared_corpus(prepared, tmp_path) -> None:
     assert board["val_eer"].notna().sum() == 1, board.to_string()
 
 
+@pytest.mark.parametrize("name", ["contenders", "small_fast"])
+def test_check_plans_voxceleb2_on_cluster_yaml(name, tmp_path) -> None:
+    """`--check` at the published sizes, on a VoxCeleb2-sized manifest (1,092,009 rows, 5,994
+    speakers; no audio is read) and cluster.yaml's autoscaling limits."""
+    from speakertune.testing.fake_manifest import VOXCELEB2_DEV, fake_manifest
+
+    manifest = tmp_path / "manifest.parquet"
+    fake_manifest(manifest, *VOXCELEB2_DEV)
+    out = run_sweep_job(SPACES / f"{name}.yaml", tmp_path, "--data", str(manifest),
+                        "--cluster-config", str(REPO / "cluster.yaml"), "--check")
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert "ok: space valid" in out.stdout, out.stdout
+    split = re.search(r"data: train (\d+) speakers / (\d+) utts, dev (\d+) speakers", out.stdout)
+    assert split and int(split[1]) + int(split[3]) == VOXCELEB2_DEV[1], out.stdout
+    cluster = [ln for ln in out.stdout.splitlines() if ln.startswith("cluster: ")]
+    assert len(cluster) == 1 and "[autoscaling rule]" in cluster[0], out.stdout
+    assert "autoscaler max 776 CPU + 64 GPU" in cluster[0]
+
+
 def test_every_shipped_space_is_tested() -> None:
-    tested = {"ecapa_losses", "architectures", "end_to_end", "pareto", "quickstart"}
+    tested = {"ecapa_losses", "architectures", "end_to_end", "pareto", "quickstart",
+              "contenders", "small_fast"}
     assert {p.stem for p in SPACES.glob("*.yaml")} == tested

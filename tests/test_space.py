@@ -13,6 +13,8 @@ from speakertune.search import space as sp
 from speakertune.search import suggest
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+# test_shipped_spaces.test_check_plans_voxceleb2_on_cluster_yaml runs their --check
+FULL_SIZE_CHECKED = {"contenders", "small_fast"}
 
 GOOD = {
     "name": "t",
@@ -46,7 +48,8 @@ def test_shipped_spaces_validate(path: Path) -> None:
     assert s.params and s.search["num_samples"] >= 1
     # every component choice builds with its options (a space searching none builds its base)
     choices = [p for p in s.params.values() if p.kind == "choice" and p.path.endswith(".name")]
-    assert suggest.check_builds(s, samples=2) >= (2 if choices else 1)
+    if path.stem not in FULL_SIZE_CHECKED:  # those build and step in their own --check test
+        assert suggest.check_builds(s, samples=2) >= (2 if choices else 1)
     text = path.read_text()
     assert text.lstrip().startswith("#"), "each space file starts with a comment"
     if path.name == "quickstart.yaml":

@@ -16,30 +16,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from speakertune.config import DEFAULTS
 from speakertune.data.corpus import load_corpus
 from speakertune.data.plda_sample import plda_sample
-
-
-def fake_manifest(path: Path, utts: int, speakers: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    spk = np.sort(rng.integers(0, speakers, utts))
-    video = rng.integers(0, 20, utts)
-    ids = [f"id{s:05d}/v{v:02d}/{i:05d}.wav" for i, (s, v) in enumerate(zip(spk, video))]
-    pd.DataFrame({
-        "utt": ids, "spk": [f"id{s:05d}" for s in spk], "session": video.astype(str),
-        "uri": [f"s3://bucket/vox2/{u}" for u in ids],
-        "duration_s": rng.uniform(4.0, 20.0, utts), "sample_rate": 16000,
-    }).to_parquet(path, index=False)
+from speakertune.testing.fake_manifest import VOXCELEB2_DEV, fake_manifest
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    utts, speakers = (150_000, 1_211) if args.quick else (1_092_009, 5_994)
+    utts, speakers = (150_000, 1_211) if args.quick else VOXCELEB2_DEV
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.parquet"
         fake_manifest(path, utts, speakers)

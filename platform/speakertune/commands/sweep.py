@@ -12,8 +12,10 @@ import sys
 
 from speakertune import redact
 from speakertune.config import ConfigError, deep_merge
+from speakertune.search.cluster import ClusterError, config_plan
 from speakertune.search.space import SearchSpace, load_space
 from speakertune.search.suggest import check_builds, check_data
+from speakertune.train.driver import trial_resources
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(plan(space, args.name, built))
         print(data_line)
+        if args.cluster_config:
+            try:
+                print(config_plan(trial_resources(space.trial_config({})),
+                                  space.search["max_concurrent"], space.search["num_samples"],
+                                  args.cluster_config))  # fmt: skip
+            except ClusterError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         return 0
 
     from speakertune.search.sweep import SweepError, run_sweep

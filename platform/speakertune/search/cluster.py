@@ -219,6 +219,17 @@ def cluster_concurrency(
     return n, limit is not None, trial_head_memory(head)
 
 
+def config_plan(need: dict[str, float], cap: int | None, num_samples: int | None,
+                config_path: str | Path) -> str:
+    """The start line a sweep would print on the cluster ``config_path`` describes (before any
+    node is up: ``--check --cluster-config``); the head's memory is not known there."""
+    limit = load_autoscaler_limits(config_path)
+    if limit is None:
+        return f"cluster: {config_path} has fixed nodes; concurrency is sized on the live cluster"
+    _, line = plan_concurrency(need, {}, cap, limit, num_samples, None)
+    return f"cluster: {line.split('; up now:')[0]} (config {config_path})"
+
+
 def check_storage(storage: str, nodes: int, autoscaling: bool, shared: bool) -> None:
     """Refuse a node-local ``--storage`` where trials may run on other nodes: Ray Train would
     fail on the first checkpoint a remote node saves, and the results would be scattered."""

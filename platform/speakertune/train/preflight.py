@@ -91,10 +91,11 @@ def dry_step(cfg: dict[str, Any], seed: int = 0) -> float:
         if float(aug[key]) > 0:
             aug[key] = 1.0
     rng = np.random.default_rng(seed)
-    num_classes = 4 * int(num_classes_multiplier(cfg))
+    speakers = 4  # the front end offsets a speed-perturbed copy's label by this many
+    num_classes = speakers * int(num_classes_multiplier(cfg))
     net, optimizer, scheduler, amp = build_parts(cfg, int(feature_dim(cfg)), num_classes)
     labels = _labels(cfg, bool(getattr(net.loss, "end_to_end", False)))
-    fe = FrontEnd(cfg, num_classes, seed=seed, storage_options=cfg["data"].get("storage"))
+    fe = FrontEnd(cfg, speakers, seed=seed, storage_options=cfg["data"].get("storage"))
     samples = int(float(cfg["data"]["max_seconds"]) * int(cfg["data"]["sample_rate"]))
     rows = [fe.process((0.1 * rng.standard_normal(samples)).astype(np.float32), int(y), rng)
             for y in labels]  # fmt: skip
