@@ -15,6 +15,7 @@ from speakertune.commands import export as export_command
 from speakertune.config import resolve
 from speakertune.data.audio import load_audio
 from speakertune.data.corpus import load_corpus
+from speakertune.frontend.features import feature_dim
 from speakertune.frontend.pipeline import extract_features
 from speakertune.models import build_encoder
 
@@ -26,19 +27,22 @@ def data_cfg(root) -> dict:
             "val_speakers": 3}
 
 
-def make_checkpoint(path, root, model: dict, pooling: str = "attentive_stats") -> str:
+def make_checkpoint(path, root, model: dict, pooling: str = "attentive_stats",
+                    features: dict | None = None) -> str:
     cfg = resolve({"model": model, "pooling": {"name": pooling}, "embed_dim": 16,
-                   "features": {"name": "fbank", "num_mel_bins": FEAT}, "data": data_cfg(root),
+                   "features": features or {"name": "fbank", "num_mel_bins": FEAT},
+                   "data": data_cfg(root),
                    "backend": {"cosine": {"mean_norm": True}, "plda": {"lda_dim": 4}}})
     torch.manual_seed(0)
-    enc = build_encoder(cfg["model"], cfg["pooling"], FEAT, cfg["embed_dim"])
+    feat_dim = feature_dim(cfg)
+    enc = build_encoder(cfg["model"], cfg["pooling"], feat_dim, cfg["embed_dim"])
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
         for m in enc.modules():
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     return str(save_checkpoint(path, encoder=enc.eval(), loss=None, cfg=cfg, num_classes=5,
-                               feat_dim=FEAT))
+                               feat_dim=feat_dim))
 
 
 def run_job(*args: str) -> tuple[int, str, str]:
@@ -110,6 +114,24 @@ def test_onnx_export_parity(tiny_corpus, tmp_path, ecapa_onnx, model):
         for name in ("cosine", "plda"):
             assert rep["dev"]["backends"][name]["pytorch"] == pytest.approx(
                 ref.metrics[name]["eer"], abs=1e-12)
+
+
+def test_ssl_encoders_export_to_onnx_with_parity(tiny_corpus, tmp_path):
+    """A self-supervised front end (tiny random WavLM with LoRA adapters, MHFA back end) on the
+    raw-waveform feature: the same parity checks as the other encoders, 1 to 7.3 s of real dev
+    audio (ssl_ecapa's back end is the ECAPA-TDNN exported above, on the same backbone)."""
+    from speakertune.models.ssl_backends import TINY
+
+    model = "ssl_mhfa"
+    cfg = {"name": model, **TINY, "finetune": "lora"}
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_corpus, cfg, features={"name": "waveform"})
+    code, out, err = run_job("--checkpoint", ckpt, "--format", "onnx")
+    assert code == 0, err
+    rep = json.loads(open(f"{ckpt}/export/onnx/parity.json").read())
+    assert rep["passed"] and rep["failures"] == [] and rep["model"] == model
+    assert [r["seconds"] for r in rep["lengths"]] == [1.0, 3.0, 7.3]
+    for row in [*rep["lengths"], rep["dev"]]:
+        assert row["max_abs_diff"] < 1e-4 * max(1.0, row["max_abs_embedding"])
 
 
 def test_onnx_file_is_dynamic_against_an_independent_run(tiny_corpus, ecapa_onnx):

@@ -14,6 +14,7 @@ both compute, and their identical results replace each other.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import logging
@@ -45,7 +46,8 @@ def sweep_cache_dir(train_root: str) -> str:
     if not has_scheme(train_root):
         return os.path.join(train_root, CACHE_DIR)
     key = hashlib.sha1(train_root.encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), NODE_CACHE, key)
+    # one folder per user: another user's (a root-owned one in a shared /tmp) is not writable
+    return os.path.join(tempfile.gettempdir(), f"{NODE_CACHE}-{getpass.getuser()}", key)
 
 
 def _file_stamp(uri: str) -> list[int] | None:
