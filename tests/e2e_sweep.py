@@ -7,7 +7,9 @@ The run, in order:
 1. ``jobs/sweep.py`` (the user's command, its own local Ray) is killed with SIGKILL once one
    trial has finished (test_sweep: nothing lost or repeated on resume);
 2. ``run_sweep(resume=True)`` finishes it on the session's Ray while the node's Prometheus
-   endpoint is scraped every second (test_dashboard_metrics);
+   endpoint is scraped every second and a real Prometheus (Debian's ``prometheus``, on
+   127.0.0.1 with Ray's scrape configuration for the session) scrapes it every 2 s into a TSDB
+   that test_dashboard_metrics queries with the Grafana dashboard's panel queries;
 3. the space ranks 3 trials on two objectives, dev EER and parameters (test_pareto), with ASHA
    stopping trials (test_sweep: no CPU leaked afterwards), scores the top trial on a test list
    after ranking (test_holdout) and fine-tunes it with a larger margin (test_pareto).
@@ -17,12 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import types
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "e2e"
+PROMETHEUS_SCRAPE_S = 2  # Ray's config says 10 s: too few samples of a short sweep
 
 
 def tiny_space(corpus: Path, num_samples: int = 2) -> dict:
@@ -137,6 +143,97 @@ def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:
     ]
 
 
+def ray_prometheus_config(session_dir: Path, out: Path) -> Path:
+    """Ray's Prometheus configuration for the session, written to ``out/prometheus.yml`` with
+    only the scrape and evaluation intervals changed (``PROMETHEUS_SCRAPE_S``).
+
+    Ray's dashboard process writes ``<session>/metrics/prometheus/prometheus.yml``
+    (``metrics_head``: ``PROMETHEUS_YML_TEMPLATE``, one ``ray`` job with file-based service
+    discovery) and keeps ``<session>/prom_metrics_service_discovery.json`` current
+    (``reporter_head``'s ``PrometheusServiceDiscoveryWriter``: every live node's
+    ``NodeManagerAddress:MetricsExportPort`` every 5 s). The suite's Ray runs without a
+    dashboard and so has neither; then both are made here as Ray would make them (Ray's
+    template, the writer's content for the nodes alive now: one node, no autoscaler or
+    dashboard metrics address)."""
+    import ray
+    import yaml
+    from ray._private.ray_constants import PROMETHEUS_SERVICE_DISCOVERY_FILE
+    from ray.dashboard.modules.metrics.templates import PROMETHEUS_YML_TEMPLATE
+
+    out.mkdir(parents=True, exist_ok=True)
+    ray_yml = session_dir / "metrics" / "prometheus" / "prometheus.yml"
+    discovery = session_dir / PROMETHEUS_SERVICE_DISCOVERY_FILE
+    if ray_yml.exists() and discovery.exists():
+        config = yaml.safe_load(ray_yml.read_text())
+    else:
+        discovery = out / PROMETHEUS_SERVICE_DISCOVERY_FILE
+        targets = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}"
+                   for n in ray.nodes() if n["Alive"]]  # fmt: skip
+        discovery.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+        config = yaml.safe_load(PROMETHEUS_YML_TEMPLATE.format(
+            prom_metrics_service_discovery_file_path=discovery))  # fmt: skip
+    config["global"].update(scrape_interval=f"{PROMETHEUS_SCRAPE_S}s",
+                            evaluation_interval=f"{PROMETHEUS_SCRAPE_S}s")  # fmt: skip
+    path = out / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Prometheus:
+    """Debian's ``prometheus`` on 127.0.0.1 (a free port), its TSDB in ``data``: started by
+    the sweep to scrape it, and again on the same ``data`` (a config without targets) by the
+    test that queries what was scraped."""
+
+    def __init__(self, config: Path, data: Path) -> None:
+        self.config, self.data = config, data
+        self.log = data.parent / f"{data.name}.{config.stem}.log"
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 60) -> Prometheus:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["prometheus", f"--config.file={self.config}",
+                 f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={self.data}",
+                 "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        end = time.monotonic() + timeout
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise AssertionError(f"Prometheus did not start on {self.url}: {self.log}")
+            time.sleep(0.2)
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return urllib.request.urlopen(f"{self.url}/-/ready", timeout=5).status == 200
+        except OSError:
+            return False
+
+    def api(self, path: str, **params) -> object:
+        """``data`` of a GET on ``/api/v1/<path>``; list values repeat the parameter."""
+        query = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # a clean shutdown: the TSDB's head is readable afterwards
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
 def _kill_after_first_trial(space_file: Path, storage: Path, report: Path, log: Path) -> set:
     """The user's command in its own session (so it and its local Ray die as one), killed
     without cleanup once Tune's state records one finished trial."""
@@ -201,11 +298,26 @@ def run_e2e(ray, corpus: Path, tmp: Path) -> types.SimpleNamespace:
     report_existed = (report / NAME / "leaderboard.csv").exists()
     cached = sorted(p.name for p in (exp / "train_runs" / ".feature_cache").glob("*.pt"))
     (node,) = [n for n in ray.nodes() if n["Alive"]]
-    result, seen, lines = _resume_while_scraping(space_file, storage, report,
-                                          int(node["MetricsExportPort"]))
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    prom = None  # without Debian's prometheus (.ci/run installs it) its test is skipped
+    if shutil.which("prometheus"):
+        prom = Prometheus(ray_prometheus_config(session, tmp / "prometheus"),
+                          tmp / "prometheus" / "data").start()  # fmt: skip
+    try:
+        start = time.time()
+        result, seen, lines = _resume_while_scraping(space_file, storage, report,
+                                                     int(node["MetricsExportPort"]))
+        end = time.time()
+        targets = prom.api("targets")["activeTargets"] if prom else []
+    finally:
+        if prom:
+            prom.stop()
     return types.SimpleNamespace(
         ray=ray, corpus=corpus, trials=trials, exp=exp, out=report / NAME, result=result,
         killed=killed, first_run=first_run, before=before, report_existed=report_existed,
         cached_when_killed=cached,
         seen=seen, log="\n".join(lines), driver_log=(tmp / "driver.log").read_text(),
+        prometheus=prom and types.SimpleNamespace(
+            data=prom.data, log=prom.log, window=(start, end), targets=targets,
+            scrape_s=PROMETHEUS_SCRAPE_S),  # fmt: skip
     )
