@@ -178,6 +178,23 @@ def test_waveform_feature_keeps_frame_counts_and_samples() -> None:
         check_config(resolve({"features": {"name": "waveform"}}))
 
 
+def _train_cfg(corpus, **ssl_options) -> dict:
+    """One epoch of a tiny WavLM + MHFA on the built-in corpus, features made on the worker."""
+    return {
+        "data": {"corpus": "synthetic", "root": str(corpus), "speakers": 8,
+                 "utts_per_speaker": 4, "val_speakers": 2, "val_trials": 200,
+                 "min_seconds": 0.5, "max_seconds": 1.0},
+        # the train worker frames and augments the raw crops: the device front end's path
+        "frontend": {"device": "worker"}, "augment": {"noise_prob": 0.5},
+        "features": {"name": "waveform"},
+        "model": {"name": "ssl_mhfa", **TINY, **BACKENDS["ssl_mhfa"], **ssl_options},
+        "embed_dim": 16, "optimizer": {"name": "adam", "lr": 0.005},
+        "trainer": {"epochs": 1, "batch_size": 4, "num_workers": 1, "cpus_per_worker": 1,
+                    "data_cpus": 1, "val_max_seconds": 2.0, "plda_utts": 24},
+        "backend": {"plda": {"lda_dim": 4}},
+    }
+
+
 def test_trains_on_the_builtin_corpus(ray_local, tiny_corpus, tmp_path) -> None:
     """One epoch of a tiny LoRA WavLM + MHFA through Ray Train (features made on the worker);
     the checkpoint then embeds a waveform through the scoring front end, and explain says in
@@ -188,20 +205,7 @@ def test_trains_on_the_builtin_corpus(ray_local, tiny_corpus, tmp_path) -> None:
     from speakertune.scoring.embed import embed_features
     from speakertune.train import driver
 
-    cfg = {
-        "data": {"corpus": "synthetic", "root": str(tiny_corpus), "speakers": 8,
-                 "utts_per_speaker": 4, "val_speakers": 2, "val_trials": 200,
-                 "min_seconds": 0.5, "max_seconds": 1.0},
-        # the train worker frames and augments the raw crops: the device front end's path
-        "frontend": {"device": "worker"}, "augment": {"noise_prob": 0.5},
-        "features": {"name": "waveform"},
-        "model": {"name": "ssl_mhfa", **TINY, **BACKENDS["ssl_mhfa"], "finetune": "lora",
-                  "lora_rank": 2, "lr_scale": 0.5},
-        "embed_dim": 16, "optimizer": {"name": "adam", "lr": 0.005},
-        "trainer": {"epochs": 1, "batch_size": 4, "num_workers": 1, "cpus_per_worker": 1,
-                    "data_cpus": 1, "val_max_seconds": 2.0, "plda_utts": 24},
-        "backend": {"plda": {"lda_dim": 4}},
-    }
+    cfg = _train_cfg(tiny_corpus, finetune="lora", lora_rank=2, lr_scale=0.5)
     out = driver.train(cfg, storage_path=str(tmp_path), name="ssl")
     last = out["history"][-1]
     assert math.isfinite(last["train_loss"]) and 0.0 <= last["val_eer"] <= 1.0
@@ -211,3 +215,30 @@ def test_trains_on_the_builtin_corpus(ray_local, tiny_corpus, tmp_path) -> None:
     assert emb.shape == (16,) and np.isfinite(emb).all()
     with pytest.raises(ExplainError, match="takes raw audio"):
         explain_files(out["checkpoint"], [], tmp_path / "maps")
+
+
+@pytest.mark.parametrize("finetune", ["frozen", "partial"])
+def test_frozen_and_partial_train_what_they_say_on_the_builtin_corpus(
+        ray_local, tiny_corpus, tmp_path, finetune) -> None:
+    """One epoch each through Ray Train with random weights: `frozen` leaves every SSL weight
+    as initialised, `partial` (top layer) changes that layer's and no other; the back end
+    trains in both."""
+    from speakertune.checkpoint import load_checkpoint
+    from speakertune.train import driver
+
+    cfg = _train_cfg(tiny_corpus, finetune=finetune, trainable_layers=1)
+    out = driver.train(cfg, storage_path=str(tmp_path), name=f"ssl-{finetune}")
+    last = out["history"][-1]
+    assert math.isfinite(last["train_loss"]) and 0.0 <= last["val_eer"] <= 1.0
+    full = resolve(cfg)
+    torch.manual_seed(int(full["trainer"]["seed"]))  # as the worker builds it
+    init = dict(build_encoder(full["model"], full["pooling"], feature_dim(full), 16)
+                .named_parameters())  # fmt: skip
+    trained = dict(load_checkpoint(out["checkpoint"]).encoder.named_parameters())
+    changed = {n for n, p in trained.items() if not torch.equal(p.detach(), init[n].detach())}
+    ssl = {n for n in changed if n.startswith("frame_level.ssl.")}
+    assert changed - ssl, "the back end did not train"
+    if finetune == "frozen":
+        assert ssl == set()
+    else:  # TINY has 2 transformer layers: only the second may change
+        assert ssl and all(".layers.1." in n for n in ssl), sorted(ssl)
