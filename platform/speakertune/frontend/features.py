@@ -24,7 +24,24 @@ class FeatureError(ValueError):
 _OWN_KEYS = {"name", "cmn", "int16_scale"}
 
 
-class KaldiFeature:
+class OneWave:
+    """``feature(wave[T], sample_rate) -> feats[frames, dim]`` through the class's ``batch``."""
+
+    def batch(self, waves: torch.Tensor, sample_rate: int, name: str = "<batch>"
+              ) -> torch.Tensor:  # fmt: skip
+        raise NotImplementedError
+
+    def __call__(
+        self, wave: torch.Tensor, sample_rate: int, name: str = "<waveform>"
+    ) -> torch.Tensor:
+        """One waveform ``[T]`` -> ``[frames, dim]`` (a batch of one)."""
+        wave = torch.as_tensor(wave, dtype=torch.float32)
+        if wave.dim() != 1:
+            raise FeatureError(f"{name}: expected a mono waveform [T], got {tuple(wave.shape)}")
+        return self.batch(wave.unsqueeze(0), sample_rate, name)[0]
+
+
+class KaldiFeature(OneWave):
     """Callable ``(wave[T], sample_rate) -> feats[frames, dim]`` around one kaldi function."""
 
     kind = ""
@@ -42,15 +59,6 @@ class KaldiFeature:
         # floats up before extraction, as Kaldi-trained recipes (e.g. WeSpeaker) do.
         self.int16_scale = bool(int16_scale)
         self.kwargs = kwargs
-
-    def __call__(
-        self, wave: torch.Tensor, sample_rate: int, name: str = "<waveform>"
-    ) -> torch.Tensor:
-        """One waveform ``[T]`` -> ``[frames, dim]`` (a batch of one)."""
-        wave = torch.as_tensor(wave, dtype=torch.float32)
-        if wave.dim() != 1:
-            raise FeatureError(f"{name}: expected a mono waveform [T], got {tuple(wave.shape)}")
-        return self.batch(wave.unsqueeze(0), sample_rate, name)[0]
 
     def batch(
         self, waves: torch.Tensor, sample_rate: int, name: str = "<batch>"
@@ -127,7 +135,7 @@ class Spectrogram(KaldiFeature):
 
 
 @FEATURES.register("waveform")
-class Waveform:
+class Waveform(OneWave):
     """Raw samples for the self-supervised encoders (``ssl_ecapa``, ``ssl_mhfa``): the waveform
     in [-1, 1] cut into frames of one hop (``frame_shift``, 160 samples at 16 kHz), no overlap.
 
@@ -151,14 +159,6 @@ class Waveform:
         if not 0 < frame_shift <= frame_length:
             raise FeatureError("features.frame_shift: need 0 < frame_shift <= frame_length")
         self.kwargs = {"frame_length": float(frame_length), "frame_shift": float(frame_shift)}
-
-    def __call__(
-        self, wave: torch.Tensor, sample_rate: int, name: str = "<waveform>"
-    ) -> torch.Tensor:
-        wave = torch.as_tensor(wave, dtype=torch.float32)
-        if wave.dim() != 1:
-            raise FeatureError(f"{name}: expected a mono waveform [T], got {tuple(wave.shape)}")
-        return self.batch(wave.unsqueeze(0), sample_rate, name)[0]
 
     def batch(
         self, waves: torch.Tensor, sample_rate: int, name: str = "<batch>"
